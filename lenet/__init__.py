@@ -1,0 +1,8 @@
+"""lenet: LeNet-5 written from scratch in NumPy, with CuPy as a drop-in GPU backend."""
+
+__version__ = "0.1.0"
+
+from .errors import LenetError  # noqa: E402
+from .model import LeNet5  # noqa: E402
+
+__all__ = ["LeNet5", "LenetError", "__version__"]

@@ -1,0 +1,73 @@
+"""Pictures: training curves, a grid of images with class names, a confusion matrix. All written atomically."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .files import atomic_write  # noqa: E402
+
+
+def _save(fig, path):
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+def plot_history(history, path):
+    """Loss and accuracy per epoch, train and validation, in two panels (the tutorial's figure).
+
+    history: a DataFrame (or dict of lists) with columns epoch, train_loss, val_loss, train_acc, val_acc.
+    """
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric, title in ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Accuracy")):
+        ax.plot(history["epoch"], history[f"train_{metric}"], "o-", label="train", markersize=3)
+        ax.plot(history["epoch"], history[f"val_{metric}"], "o-", label="validation", markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+
+
+def plot_images(images, class_names, labels, path, predicted=None, columns=8):
+    """A grid of images titled with their class; with `predicted`, "pred / true", mistakes in red.
+
+    images (N, 1, H, W) or (N, H, W) in [0, 1]; labels and predicted (N,) class indices.
+    """
+    images = np.asarray(images).reshape(len(images), *np.shape(images)[-2:])
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(images[i], cmap="gray_r" if predicted is None else "gray", vmin=0, vmax=1)
+        true = class_names[int(labels[i])]
+        if predicted is None:
+            ax.set_title(true, fontsize=8)
+        else:
+            guess = class_names[int(predicted[i])]
+            wrong = guess != true
+            ax.set_title(f"{guess}\n(true: {true})" if wrong else guess, fontsize=8, color="red" if wrong else "black")
+    _save(fig, path)
+
+
+def plot_confusion_matrix(matrix, class_names, path):
+    """matrix[i, j] = how many examples of true class i were predicted as j."""
+    matrix = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > threshold else "black")
+    fig.colorbar(im, ax=ax)
+    _save(fig, path)

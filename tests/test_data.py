@@ -1,0 +1,492 @@
+import dataclasses
+import gzip
+import hashlib
+import http.server
+import os
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lenet.backend import to_numpy
+from lenet.data import (
+    DATASETS,
+    IDX_TYPES,
+    SPLIT_FILES,
+    DatasetInfo,
+    find_dataset,
+    iterate_batches,
+    load_dataset,
+    num_batches,
+    read_idx,
+    train_val_split,
+)
+from lenet.errors import LenetError
+
+SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
+FILE_NAMES = [name for split in SPLIT_FILES.values() for name in split]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers: small IDX files and data sets of our own
+
+
+def idx_bytes(array, type_code=0x08):
+    array = np.asarray(array)
+    header = bytes([0, 0, type_code, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(IDX_TYPES[type_code]).tobytes()
+
+
+def tiny_arrays(seed=0, n_train=10, n_test=6, size=4):
+    """The four arrays of a tiny data set, keyed by file name: uint8 images (N, size, size), labels 0..2."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images_name, labels_name = SPLIT_FILES[split]
+        arrays[images_name] = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+        arrays[labels_name] = rng.integers(0, 3, size=n, dtype=np.uint8)
+    return arrays
+
+
+def tiny_files(arrays):
+    """Decompressed IDX bytes keyed by file name."""
+    return {name: idx_bytes(array) for name, array in arrays.items()}
+
+
+def tiny_info(files, mirrors=(), system_dirs=()):
+    return DatasetInfo(
+        name="tiny",
+        class_names=("zero", "one", "two"),
+        sha256={name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+        mirrors=tuple(mirrors),
+        system_dirs=tuple(str(folder) for folder in system_dirs),
+        hint="pass --data-dir DIR",
+    )
+
+
+def write_files(folder, files, compress=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        if compress:
+            (folder / name).write_bytes(gzip.compress(data, mtime=0))
+        else:
+            (folder / name.removesuffix(".gz")).write_bytes(data)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No test reads the user's cache, $LENET_DATA, ./data of the repository, or goes through a proxy."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.delenv("LENET_DATA", raising=False)
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+# ---------------------------------------------------------------------------------------------------------
+# read_idx
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize(
+    "array, type_code",
+    [
+        (np.array([3, 0, 9, 255, 1], dtype=np.uint8), 0x08),  # labels (N,)
+        (np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4), 0x08),  # images (N, H, W)
+        (np.array([[-300, 258], [1, -1]], dtype=np.int16), 0x0B),  # multi-byte: big-endian on disk
+        (np.array([1.5, -2.25e10, 0.0], dtype=np.float32), 0x0D),
+    ],
+)
+def test_read_idx_round_trip(tmp_path, array, type_code, compress):
+    data = idx_bytes(array, type_code)
+    # Named the wrong way round on purpose: gzip is told by its magic bytes, not by the name.
+    path = tmp_path / ("labels.idx" if compress else "labels.gz")
+    path.write_bytes(gzip.compress(data) if compress else data)
+    result = read_idx(path)
+    assert result.shape == array.shape
+    assert result.dtype == array.dtype  # native byte order
+    np.testing.assert_array_equal(result, array)
+    result[...] = 0  # writable, not a view of read-only bytes
+
+
+def _valid():
+    return idx_bytes(np.arange(12, dtype=np.uint8).reshape(3, 2, 2))
+
+
+CORRUPTIONS = {
+    "bad magic": (lambda: b"\x01" + _valid()[1:], "not an IDX file"),
+    "gzip magic inside gzip": (lambda: gzip.compress(gzip.compress(_valid())), "not an IDX file"),
+    "unknown type code": (
+        lambda: _valid()[:2] + b"\x07" + _valid()[3:],
+        "unknown IDX element type code 0x07",
+    ),
+    "zero dims": (lambda: b"\x00\x00\x08\x00", "0 dimensions"),
+    "too short": (lambda: b"\x00\x00", "only 2 bytes"),
+    "header cut short": (lambda: _valid()[:9], "declares 3 dimensions"),
+    "truncated payload": (lambda: _valid()[:-1], "truncated: expected 12 bytes of data, found 11"),
+    "trailing bytes": (lambda: _valid() + b"\x00\x00", "2 trailing bytes after the 12 bytes"),
+    "gzip cut short": (lambda: gzip.compress(_valid())[:-10], "corrupt gzip stream"),
+    "gzip bit flip": (lambda: _flip_middle(gzip.compress(_valid(), mtime=0)), "corrupt gzip stream"),
+}
+
+
+def _flip_middle(data):
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_read_idx_refuses_corrupt_files(tmp_path, corruption):
+    make, expected = CORRUPTIONS[corruption]
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(make())
+    with pytest.raises(LenetError) as info:
+        read_idx(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_read_idx_missing_file(tmp_path):
+    path = tmp_path / "nowhere" / "t10k-labels-idx1-ubyte.gz"
+    with pytest.raises(LenetError, match="no such file") as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Finding and loading files on disk
+
+
+def test_load_dataset_from_gzip_and_raw_files(tmp_path):
+    arrays = tiny_arrays()
+    files = tiny_files(arrays)
+    info = tiny_info(files)
+    for compress in (True, False):
+        folder = write_files(tmp_path / f"data-{compress}", files, compress=compress)
+        images, labels, class_names = load_dataset(info, "test", data_dir=folder, download=False)
+        assert images.shape == (6, 1, 4, 4) and images.dtype == np.float32
+        assert labels.shape == (6,) and labels.dtype == np.int64
+        np.testing.assert_array_equal(images[:, 0], arrays["t10k-images-idx3-ubyte.gz"] / np.float32(255))
+        np.testing.assert_array_equal(labels, arrays["t10k-labels-idx1-ubyte.gz"])
+        assert class_names == ("zero", "one", "two")
+        train_images, _, _ = load_dataset(info, "train", data_dir=folder, download=False)
+        assert train_images.shape == (10, 1, 4, 4)
+
+
+def test_load_dataset_refuses_a_file_with_the_wrong_checksum(tmp_path):
+    files = tiny_files(tiny_arrays())
+    info = tiny_info(files)
+    files["t10k-labels-idx1-ubyte.gz"] = idx_bytes(np.array([0, 1, 2, 0, 1, 1], dtype=np.uint8))
+    folder = write_files(tmp_path / "data", files)
+    with pytest.raises(LenetError) as error:
+        load_dataset(info, "test", data_dir=folder, download=False)
+    message = str(error.value)
+    assert str(folder / "t10k-labels-idx1-ubyte.gz") in message
+    assert info.sha256["t10k-labels-idx1-ubyte.gz"] in message  # expected
+    assert hashlib.sha256(files["t10k-labels-idx1-ubyte.gz"]).hexdigest() in message  # actual
+
+
+@pytest.mark.parametrize(
+    "images, labels, expected",
+    [
+        (np.zeros((6, 4, 4), np.uint8), np.zeros(5, np.uint8), "6 images but"),
+        (np.zeros((6, 4, 4), np.uint8), np.array([0, 1, 2, 3, 0, 0], np.uint8), "labels must lie in 0..2"),
+        (np.zeros((6, 16), np.uint8), np.zeros(6, np.uint8), "shape (N, H, W)"),
+        (np.zeros((6, 4, 4), np.uint8), np.zeros((6, 1), np.uint8), "shape (N,)"),
+    ],
+)
+def test_load_dataset_refuses_inconsistent_files(tmp_path, images, labels, expected):
+    files = tiny_files(tiny_arrays())
+    files["t10k-images-idx3-ubyte.gz"] = idx_bytes(images)
+    files["t10k-labels-idx1-ubyte.gz"] = idx_bytes(labels)
+    info = tiny_info(files)
+    folder = write_files(tmp_path / "data", files)
+    with pytest.raises(LenetError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        load_dataset(info, "test", data_dir=folder, download=False)
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(LenetError, match="unknown data set 'cifar'.*fashion-mnist, mnist"):
+        find_dataset("cifar")
+    with pytest.raises(LenetError, match="unknown split 'val'.*train, test"):
+        load_dataset("fashion-mnist", "val")
+
+
+def test_search_order(tmp_path, monkeypatch, isolated):
+    files = tiny_files(tiny_arrays())
+    system = write_files(tmp_path / "system", files)
+    info = tiny_info(files, system_dirs=[system])
+    explicit = write_files(tmp_path / "explicit", files)
+    env_root = tmp_path / "env"
+    write_files(env_root / "tiny", files)
+    monkeypatch.setenv("LENET_DATA", str(env_root))
+    write_files(isolated / "data" / "tiny", files)
+    cache = write_files(tmp_path / "xdg-cache" / "lenet" / "tiny", files)
+
+    assert find_dataset(info, data_dir=explicit, download=False) == explicit
+    assert find_dataset(info, download=False) == env_root / "tiny"
+    monkeypatch.delenv("LENET_DATA")
+    assert find_dataset(info, download=False) == isolated / "data" / "tiny"
+    (isolated / "data" / "tiny" / "t10k-labels-idx1-ubyte.gz").unlink()  # an incomplete folder does not count
+    assert find_dataset(info, download=False) == system
+    assert find_dataset(dataclasses.replace(info, system_dirs=()), download=False) == cache
+
+
+def test_explicit_data_dir_is_the_only_place_looked(tmp_path, monkeypatch, isolated):
+    files = tiny_files(tiny_arrays())
+    info = tiny_info(files)
+    write_files(isolated / "data" / "tiny", files)
+    partial = write_files(tmp_path / "partial", {FILE_NAMES[0]: files[FILE_NAMES[0]]})
+    with pytest.raises(LenetError) as error:
+        find_dataset(info, data_dir=partial, download=False)
+    message = str(error.value)
+    assert f"{partial} (missing {', '.join(FILE_NAMES[1:])})" in message
+    assert str(isolated / "data") not in message
+    assert "downloading is turned off" in message and "pass --data-dir DIR" in message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Downloading, for real, from a server on 127.0.0.1
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves server.routes: path -> (body, the Content-Length to announce); 404 for anything else."""
+
+    def do_GET(self):
+        route = self.server.routes.get(self.path)
+        if route is None:
+            self.send_error(404)
+            return
+        body, length = route
+        self.send_response(200)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):  # keep the test output quiet
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.routes = {}
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    # A short poll interval: shutdown() waits up to one interval.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def serve(server, prefix, files, lengths=None):
+    """Serve gzipped `files` under /prefix/; lengths overrides the Content-Length of some."""
+    for name, data in files.items():
+        body = gzip.compress(data, mtime=0)
+        server.routes[f"/{prefix}/{name}"] = (body, (lengths or {}).get(name, len(body)))
+    return f"{server.url}{prefix}/"
+
+
+def test_download_tries_mirrors_in_order_and_verifies(server, tmp_path):
+    arrays = tiny_arrays()
+    files = tiny_files(arrays)
+    info = tiny_info(files, mirrors=[f"{server.url}missing/", serve(server, "good", files)])
+    cache = tmp_path / "cache"
+    assert find_dataset(info, cache_dir=cache) == cache
+    assert sorted(os.listdir(cache)) == sorted(FILE_NAMES)  # no temporary files left over
+    images, labels, _ = load_dataset(info, "train", cache_dir=cache)
+    np.testing.assert_array_equal(labels, arrays["train-labels-idx1-ubyte.gz"])
+    assert images.shape == (10, 1, 4, 4)
+    # Found in the cache now: the mirrors are not asked again.
+    server.routes.clear()
+    assert find_dataset(info, cache_dir=cache) == cache
+
+
+def test_download_goes_into_data_dir_and_fetches_only_missing_files(server, tmp_path):
+    files = tiny_files(tiny_arrays())
+    folder = write_files(tmp_path / "data", {name: files[name] for name in FILE_NAMES[:3]}, compress=False)
+    info = tiny_info(files, mirrors=[serve(server, "good", {FILE_NAMES[3]: files[FILE_NAMES[3]]})])
+    assert find_dataset(info, data_dir=folder) == folder
+    assert (folder / FILE_NAMES[3]).is_file()
+    assert load_dataset(info, "test", data_dir=folder)[0].shape == (6, 1, 4, 4)
+
+
+def test_download_with_wrong_checksum_leaves_nothing(server, tmp_path):
+    files = tiny_files(tiny_arrays())
+    info = tiny_info(files, mirrors=[])
+    wrong = dict(files)
+    wrong[FILE_NAMES[1]] = idx_bytes(np.zeros(10, dtype=np.uint8))
+    info = dataclasses.replace(info, mirrors=(serve(server, "wrong", wrong),))
+    cache = tmp_path / "cache"
+    with pytest.raises(LenetError) as error:
+        find_dataset(info, cache_dir=cache)
+    message = str(error.value)
+    assert info.sha256[FILE_NAMES[1]] in message
+    assert hashlib.sha256(wrong[FILE_NAMES[1]]).hexdigest() in message
+    assert "\n" not in message
+    # The good first file landed; the bad one did not, nor any temporary file.
+    assert os.listdir(cache) == [FILE_NAMES[0]]
+
+
+@pytest.mark.parametrize("how", ["short body", "gzip cut short"])
+def test_truncated_download_is_refused(server, tmp_path, how):
+    files = tiny_files(tiny_arrays())
+    name = FILE_NAMES[0]
+    if how == "short body":  # the server announces more bytes than it sends, then hangs up
+        body = gzip.compress(files[name], mtime=0)
+        base = serve(server, "cut", files, lengths={name: len(body) + 100})
+        expected = f"truncated download: received {len(body)} of {len(body) + 100} bytes"
+    else:  # a complete HTTP response whose gzip stream is cut short
+        base = serve(server, "cut", files)
+        body, _ = server.routes[f"/cut/{name}"]
+        server.routes[f"/cut/{name}"] = (body[:-20], len(body) - 20)
+        expected = "corrupt gzip stream"
+    info = tiny_info(files, mirrors=[base])
+    cache = tmp_path / "cache"
+    with pytest.raises(LenetError, match=expected):
+        find_dataset(info, cache_dir=cache)
+    assert not cache.exists()
+
+
+def test_download_from_a_server_that_is_gone(tmp_path, isolated):
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there now
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    files = tiny_files(tiny_arrays())
+    system = tmp_path / "system"
+    info = tiny_info(files, mirrors=[f"http://127.0.0.1:{port}/"], system_dirs=[system])
+    with pytest.raises(LenetError) as error:
+        find_dataset(info)
+    message = str(error.value)
+    assert "\n" not in message
+    for folder in (isolated / "data" / "tiny", system, tmp_path / "xdg-cache" / "lenet" / "tiny"):
+        assert f"{folder} (no such folder)" in message
+    assert f"http://127.0.0.1:{port}/{FILE_NAMES[0]}" in message
+    assert "refused" in message.lower()
+    assert message.endswith("to get the files: pass --data-dir DIR")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real Fashion-MNIST, where Debian's dataset-fashion-mnist is installed
+
+
+@pytest.mark.skipif(
+    not SYSTEM_FASHION.is_dir(),
+    reason=f"{SYSTEM_FASHION} is missing (apt-get install dataset-fashion-mnist)",
+)
+def test_real_fashion_mnist_test_split():
+    images, labels, class_names = load_dataset("fashion-mnist", "test", download=False)
+    assert images.shape == (10000, 1, 28, 28) and images.dtype == np.float32
+    assert images.min() == 0.0 and images.max() == 1.0
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(np.bincount(labels), np.full(10, 1000))
+    assert class_names[0] == "T-shirt/top" and class_names[9] == "Ankle boot"
+    # The checksum is really checked: a wrong one is refused.
+    info = DATASETS["fashion-mnist"]
+    wrong = dataclasses.replace(info, sha256={**info.sha256, "t10k-labels-idx1-ubyte.gz": "0" * 64})
+    with pytest.raises(LenetError, match="0{64}"):
+        load_dataset(wrong, "test", download=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train_val_split
+
+
+def test_train_val_split():
+    train_idx, val_idx = train_val_split(1003, 0.2, seed=7)
+    assert len(val_idx) == round(1003 * 0.2) == 201 and len(train_idx) == 802
+    assert not set(train_idx.tolist()) & set(val_idx.tolist())
+    np.testing.assert_array_equal(np.sort(np.concatenate([train_idx, val_idx])), np.arange(1003))
+    again = train_val_split(1003, 0.2, seed=7)
+    np.testing.assert_array_equal(again[1], val_idx)
+    np.testing.assert_array_equal(again[0], train_idx)
+    assert not np.array_equal(train_val_split(1003, 0.2, seed=8)[1], val_idx)
+    assert not np.array_equal(val_idx, np.arange(201))  # a random pick, not the first examples
+
+
+@pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5, float("nan")])
+def test_train_val_split_refuses_bad_fractions(fraction):
+    with pytest.raises(LenetError, match="validation fraction"):
+        train_val_split(100, fraction)
+
+
+def test_train_val_split_refuses_an_empty_side():
+    with pytest.raises(LenetError, match="no validation"):
+        train_val_split(3, 0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# iterate_batches
+
+
+def _numbered(xp, n):
+    """images (n, 1, 2, 2) whose every pixel is the example's index, and labels = the index."""
+    images = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 2, 2), np.float32)
+    return xp.asarray(images), xp.asarray(np.arange(n))
+
+
+def _epoch(xp, images, labels, batch_size, rng):
+    batches = [(to_numpy(xb), to_numpy(yb)) for xb, yb in iterate_batches(images, labels, batch_size, rng)]
+    for xb, yb in batches:
+        np.testing.assert_array_equal(xb[:, 0, 0, 0], yb)  # labels stay with their images
+        np.testing.assert_array_equal(xb[:, 0, 1, 1], yb)
+    return batches
+
+
+def test_iterate_batches_shuffled(xp):
+    images, labels = _numbered(xp, 10)
+    rng = np.random.default_rng(3)
+    first = _epoch(xp, images, labels, 4, rng)
+    assert [len(yb) for _, yb in first] == [4, 4, 2]  # the last partial batch too
+    order1 = np.concatenate([yb for _, yb in first])
+    np.testing.assert_array_equal(np.sort(order1), np.arange(10))  # every example exactly once
+    assert not np.array_equal(order1, np.arange(10))
+    order2 = np.concatenate([yb for _, yb in _epoch(xp, images, labels, 4, rng)])
+    np.testing.assert_array_equal(np.sort(order2), np.arange(10))
+    assert not np.array_equal(order1, order2)  # a new order each epoch
+    replay = _epoch(xp, images, labels, 4, np.random.default_rng(3))
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in replay]), order1)  # same seed, same order
+
+
+def test_iterate_batches_in_order(xp):
+    images, labels = _numbered(xp, 7)
+    batches = _epoch(xp, images, labels, 3, None)
+    assert [yb.tolist() for _, yb in batches] == [[0, 1, 2], [3, 4, 5], [6]]
+    xb, _ = next(iterate_batches(images, labels, 3))
+    assert xb.base is images or xb.base is images.base  # a view, not a copy
+
+
+def test_iterate_batches_refuses_bad_arguments():
+    images, labels = _numbered(np, 5)
+    with pytest.raises(LenetError, match="batch size"):
+        iterate_batches(images, labels, 0)  # refused at the call, before any batch is taken
+    with pytest.raises(LenetError, match="5 images but 4 labels"):
+        iterate_batches(images, labels[:4], 2)
+
+
+def test_num_batches():
+    assert [num_batches(n, 4) for n in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
+    assert num_batches(10, 4) == len(list(iterate_batches(*_numbered(np, 10), 4)))
+    with pytest.raises(LenetError):
+        num_batches(10, 0)
+
+
+def test_download_into_a_folder_that_cannot_be_written(server, tmp_path):
+    files = tiny_files(tiny_arrays())
+    info = tiny_info(files, mirrors=[serve(server, "good", files)])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(LenetError, match="cannot write it") as error:
+        find_dataset(info, cache_dir=blocker / "cache")
+    assert "\n" not in str(error.value)
