@@ -40,6 +40,8 @@ def load_checkpoint(path):
         raise LenetError(f"checkpoint {path}: no such file")
     if not path.is_file():
         raise LenetError(f"checkpoint {path}: not a file")
+    if not zipfile.is_zipfile(path):
+        raise LenetError(f"checkpoint {path}: not a lenet checkpoint (not an .npz file)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}

@@ -8,6 +8,8 @@ there is nothing to zero between steps). `dout` is never modified in place. Ever
 dtype of its input and works on NumPy and CuPy arrays alike (`xp = get_array_module(x)`).
 """
 
+import numpy as np
+
 from .backend import get_array_module
 from .im2col import col2im, im2col, output_size
 
@@ -59,22 +61,22 @@ class Conv2d(Layer):
         n = x.shape[0]
         f, _, kh, kw = self.weight.shape
         _, _, oh, ow = self.output_shape(x.shape)
-        cols = im2col(x, kh, kw, self.stride, self.padding)  # (N*OH*OW, C*KH*KW)
-        out = cols @ self.weight.data.reshape(f, -1).T  # (N*OH*OW, F)
-        out += self.bias.data
+        cols = im2col(x, kh, kw, self.stride, self.padding)  # (C*KH*KW, OH*OW*N)
+        out = self.weight.data.reshape(f, -1) @ cols  # (F, OH*OW*N)
+        out += self.bias.data[:, None]
         self.cache = (x.shape, cols)
-        # (N, OH, OW, F) memory seen as (N, F, OH, OW): no transpose copy on the way out.
-        return out.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
+        # (F, OH, OW, N) memory seen as (N, F, OH, OW): no transpose copy on the way out.
+        return out.reshape(f, oh, ow, n).transpose(3, 0, 1, 2)
 
     def backward(self, dout):
         x_shape, cols = self.cache
         f, _, kh, kw = self.weight.shape
-        dout = dout.transpose(0, 2, 3, 1).reshape(-1, f)  # (N*OH*OW, F); a view when dout came from forward
-        self.weight.grad = (dout.T @ cols).reshape(self.weight.shape)  # (F, C*KH*KW) -> (F, C, KH, KW)
-        self.bias.grad = dout.sum(axis=0)
+        dout = dout.transpose(1, 2, 3, 0).reshape(f, -1)  # (F, OH*OW*N); a view when dout is batch-last
+        self.weight.grad = (dout @ cols.T).reshape(self.weight.shape)  # (F, C*KH*KW) -> (F, C, KH, KW)
+        self.bias.grad = dout.sum(axis=1)
         if not self.input_grad:
             return None
-        dcols = dout @ self.weight.data.reshape(f, -1)  # (N*OH*OW, C*KH*KW)
+        dcols = self.weight.data.reshape(f, -1).T @ dout  # (C*KH*KW, OH*OW*N)
         return col2im(dcols, x_shape, kh, kw, self.stride, self.padding)
 
 
@@ -118,16 +120,21 @@ class Flatten(Layer):
 
 
 class Sigmoid(Layer):
-    """y = 1 / (1 + exp(-x)), computed as 0.5 + 0.5 tanh(x / 2): one transcendental, no overflow."""
+    """y = 1 / (1 + exp(-x)). Where exp(-x) overflows to inf (x < -88 in float32) y is exactly 0, as it should be.
+
+    exp is the cheaper transcendental here (measured: about 1.4x faster than tanh in float32).
+    """
 
     def output_shape(self, shape):
         return shape
 
     def forward(self, x):
         xp = get_array_module(x)
-        y = xp.tanh(x * x.dtype.type(0.5))
-        y *= 0.5
-        y += 0.5
+        y = xp.negative(x)  # same memory layout as x (ufuncs keep it)
+        with np.errstate(over="ignore"):
+            xp.exp(y, out=y)
+        y += 1
+        xp.reciprocal(y, out=y)
         self.y = y
         return y
 
@@ -177,16 +184,26 @@ class _Pool2d(Layer):
         return (n, c, output_size(h, self.k, self.s, 0), output_size(w, self.k, self.s, 0))
 
     def _tiles(self, x):
-        """For non-overlapping pooling that covers x exactly: the (N, C, OH, k, OW, k) view, else None."""
+        """For non-overlapping windows that cover x exactly: the (N, C, OH, k, OW, k) view of x, else None."""
         n, c, h, w = x.shape
-        if self.s != self.k or h % self.k or w % self.k:
+        if self.k == 1 or self.s != self.k or h % self.k or w % self.k:
             return None
         return x.reshape(n, c, h // self.k, self.k, w // self.k, self.k)
 
+    # The general path: pooling is im2col with each channel its own image. Columns come in (OH, OW, N*C) order.
     def _window_cols(self, x):
-        """Every window as a row: (N*C*OH*OW, KH*KW). Pooling is im2col with each channel its own image."""
+        """Every window as a column: (KH*KW, OH*OW*N*C)."""
         n, c, h, w = x.shape
         return im2col(x.reshape(n * c, 1, h, w), self.k, self.k, self.s)
+
+    def _from_columns(self, values, x_shape):
+        """(OH*OW*N*C,) in column order -> (N, C, OH, OW)."""
+        n, c, oh, ow = self.output_shape(x_shape)
+        return values.reshape(oh, ow, n, c).transpose(2, 3, 0, 1)
+
+    def _to_columns(self, dout):
+        """(N, C, OH, OW) -> (1, OH*OW*N*C) in column order."""
+        return dout.transpose(2, 3, 0, 1).reshape(1, -1)
 
     def _scatter(self, dcols, x_shape):
         n, c, h, w = x_shape
@@ -194,26 +211,39 @@ class _Pool2d(Layer):
 
 
 class AvgPool2d(_Pool2d):
-    """Average over each KxK window. x (N, C, H, W) -> (N, C, OH, OW)."""
+    """Average over each KxK window. x (N, C, H, W) -> (N, C, OH, OW).
+
+    Non-overlapping windows (the usual 2x2, stride 2) take a fast path: k*k strided slices added up, which
+    is several times faster than a mean over two axes of a reshaped array, and keeps x's memory layout.
+    """
 
     def forward(self, x):
-        self.x_shape = x.shape
+        self.x = x
         tiles = self._tiles(x)
-        if tiles is not None:
-            return tiles.mean(axis=(3, 5))
-        out_shape = self.output_shape(x.shape)
-        return self._window_cols(x).mean(axis=1).reshape(out_shape)
+        if tiles is None:
+            return self._from_columns(self._window_cols(x).mean(axis=0), x.shape)
+        rows = tiles[:, :, :, 0]  # (N, C, OH, OW, k): sum the k rows of each window, then its k columns
+        for i in range(1, self.k):
+            rows = rows + tiles[:, :, :, i]
+        out = rows[..., 0]
+        for j in range(1, self.k):
+            out = out + rows[..., j]
+        out *= out.dtype.type(1.0 / (self.k * self.k))
+        return out
 
     def backward(self, dout):
         xp = get_array_module(dout)
-        n, c, oh, ow = dout.shape
         k = self.k
         share = dout * dout.dtype.type(1.0 / (k * k))  # each input of a window gets 1/k^2 of its gradient
-        if self.s == k and self.x_shape[2] == oh * k and self.x_shape[3] == ow * k:
-            tiles = xp.broadcast_to(share[:, :, :, None, :, None], (n, c, oh, k, ow, k))
-            return tiles.reshape(self.x_shape)
-        dcols = xp.broadcast_to(share.reshape(-1, 1), (n * c * oh * ow, k * k))
-        return self._scatter(dcols, self.x_shape)
+        dx = xp.empty_like(self.x)  # x's memory layout, so the layer below reads it in order
+        tiles = self._tiles(dx)
+        if tiles is None:
+            share = self._to_columns(share)
+            return self._scatter(xp.broadcast_to(share, (k * k, share.size)), self.x.shape)
+        for i in range(k):
+            for j in range(k):
+                tiles[:, :, :, i, :, j] = share
+        return dx
 
 
 class MaxPool2d(_Pool2d):
@@ -222,15 +252,15 @@ class MaxPool2d(_Pool2d):
     def forward(self, x):
         xp = get_array_module(x)
         self.x_shape = x.shape
-        cols = self._window_cols(x)  # (N*C*OH*OW, K*K)
-        self.argmax = cols.argmax(axis=1)
-        out = xp.take_along_axis(cols, self.argmax[:, None], axis=1)
-        return out.reshape(self.output_shape(x.shape))
+        cols = self._window_cols(x)  # (K*K, OH*OW*N*C)
+        self.argmax = cols.argmax(axis=0)  # the first maximum of each window
+        out = xp.take_along_axis(cols, self.argmax[None, :], axis=0)
+        return self._from_columns(out, x.shape)
 
     def backward(self, dout):
         xp = get_array_module(dout)
-        dcols = xp.zeros((dout.size, self.k * self.k), dtype=dout.dtype)
-        xp.put_along_axis(dcols, self.argmax[:, None], dout.reshape(-1, 1), axis=1)
+        dcols = xp.zeros((self.k * self.k, dout.size), dtype=dout.dtype)
+        xp.put_along_axis(dcols, self.argmax[None, :], self._to_columns(dout), axis=0)
         return self._scatter(dcols, self.x_shape)
 
 

@@ -14,6 +14,8 @@ we follow LeNet-5 and put the activation after them. Parameter names and layouts
 same model (c1.weight (6, 1, 5, 5), ..., f7.bias (10,)), so weights move between the two unchanged.
 """
 
+import copy
+
 import numpy as np
 
 from .backend import backend_name, get_array_module, get_backend, to_numpy
@@ -75,21 +77,34 @@ class LeNet5:
         self.activation, self.pool = activation, pool
         self.xp = get_backend(backend)
         self.dtype = np.dtype(dtype)
-        w = {k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_weights(activation, seed).items()}
-        act, pool_cls = ACTIVATIONS[activation], POOLS[pool]
+        self._build({k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_weights(activation, seed).items()})
+
+    def _build(self, w):
+        """The layer stack around the weight arrays `w` (used as they are, not copied)."""
+        act, pool = ACTIVATIONS[self.activation], POOLS[self.pool]
         self.c1 = Conv2d(w["c1.weight"], w["c1.bias"], padding=2, input_grad=False)
         self.c3 = Conv2d(w["c3.weight"], w["c3.bias"])
         self.f5 = Linear(w["f5.weight"], w["f5.bias"])
         self.f6 = Linear(w["f6.weight"], w["f6.bias"])
         self.f7 = Linear(w["f7.weight"], w["f7.bias"])
         self.layers = [
-            ("c1", self.c1), ("act1", act()), ("s2", pool_cls(2)),
-            ("c3", self.c3), ("act3", act()), ("s4", pool_cls(2)),
+            ("c1", self.c1), ("act1", act()), ("s2", pool(2)),
+            ("c3", self.c3), ("act3", act()), ("s4", pool(2)),
             ("flatten", Flatten()),
             ("f5", self.f5), ("act5", act()),
             ("f6", self.f6), ("act6", act()),
             ("f7", self.f7),
         ]  # fmt: skip
+
+    def replica(self):
+        """A twin that shares this model's weight arrays but has its own layer caches and gradients.
+
+        Two threads can each run forward and backward on half a batch, one on the model and one on a replica
+        (see parallel.py); an optimizer step on the model's parameters updates both, in place.
+        """
+        twin = copy.copy(self)
+        twin._build({name: p.data for name, p in self.named_parameters()})
+        return twin
 
     @property
     def backend(self):

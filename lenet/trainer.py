@@ -23,6 +23,7 @@ from .files import atomic_write
 from .layers import SoftmaxCrossEntropy
 from .model import LeNet5
 from .optim import OPTIMIZERS
+from .parallel import DataParallel, default_threads
 from .plots import plot_history, plot_images
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
@@ -49,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.2
     limit: int = None  # use only the first N training examples (quick runs, tests)
+    threads: int = None  # CPU threads for data parallelism; None: every core on NumPy (parallel.py)
     out: str = "runs/fashion-mnist"
     progress: bool = True
 
@@ -71,28 +73,14 @@ class TrainingInterrupted(Exception):
     """Ctrl-C during training: what was finished is saved; the message says how to resume."""
 
 
-# -- one step, one pass ---------------------------------------------------------------------------------
-def train_step(model, loss_fn, optimizer, x, y):
-    """One optimizer step on a batch. Returns (loss, number correct), both still on the device."""
-    logits = model.forward(x)
-    loss = loss_fn.forward(logits, y)
-    model.backward(loss_fn.backward())
-    optimizer.step()
-    return loss, (logits.argmax(axis=1) == y).sum()
-
-
-def predict_logits(model, x):
-    """Inference: logits for a batch (no gradients are needed, none are computed)."""
-    return model.forward(x)
-
-
-def evaluate(model, images, labels, batch_size=1024):
+# -- one pass over a data set ------------------------------------------------------------------------------
+def evaluate(runner, images, labels, batch_size=1024):
     """(mean loss, accuracy) over a data set, accumulated on the device, read once at the end."""
     loss_fn = SoftmaxCrossEntropy()
     xp = get_array_module(images)
     total_loss, correct = xp.zeros((), dtype=np.float64), xp.zeros((), dtype=np.int64)
     for x, y in iterate_batches(images, labels, batch_size):
-        logits = predict_logits(model, x)
+        logits = runner.forward(x)
         total_loss += loss_fn.forward(logits, y) * len(y)
         correct += (logits.argmax(axis=1) == y).sum()
     n = len(labels)
@@ -149,7 +137,7 @@ def fit(config, log=print):
 
     model = LeNet5(config.activation, config.pool, backend=config.backend, dtype=config.dtype, seed=config.seed)
     optimizer = make_optimizer(config, model)
-    loss_fn = SoftmaxCrossEntropy()
+    runner = DataParallel(model, config.threads or default_threads(xp))
     shuffle_rng = np.random.default_rng([config.seed, 1])
     history, best_val_acc, first_epoch = [], -1.0, 1
     if resume_state is not None:
@@ -189,7 +177,7 @@ def fit(config, log=print):
                 for x, y in tqdm(
                     batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not config.progress
                 ):
-                    loss, hits = train_step(model, loss_fn, optimizer, x, y)
+                    loss, hits = runner.train_step(optimizer, x, y)
                     total_loss += loss * len(y)
                     correct += hits
                 train_loss, train_acc = float(total_loss) / len(train_idx), int(correct) / len(train_idx)
@@ -200,7 +188,7 @@ def fit(config, log=print):
                         if best_path.exists()
                         else f"training diverged: the loss became {train_loss} in epoch {epoch}; try a lower --lr"
                     )
-                val_loss, val_acc = evaluate(model, x_val, y_val)
+                val_loss, val_acc = evaluate(runner, x_val, y_val)
             seconds = time.perf_counter() - start
             history.append([epoch, train_loss, train_acc, val_loss, val_acc, seconds])
             improved = val_acc > best_val_acc

@@ -22,9 +22,9 @@ def test_im2col_rows_are_receptive_fields(xp, rng):
     cols = to_numpy(im2col(xp.asarray(x), 3, 2, stride=1, pad=1))
     xp_ = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     oh, ow = 6, 6
-    assert cols.shape == (2 * oh * ow, 3 * 3 * 2)
-    row = (1 * oh + 4) * ow + 2  # n=1, oh=4, ow=2
-    np.testing.assert_array_equal(cols[row], xp_[1, :, 4:7, 2:4].ravel())
+    assert cols.shape == (3 * 3 * 2, 2 * oh * ow)
+    column = (4 * ow + 2) * 2 + 1  # columns in (OH, OW, N) order: oh=4, ow=2, n=1 of N=2
+    np.testing.assert_array_equal(cols[:, column], xp_[1, :, 4:7, 2:4].ravel())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -1,0 +1,52 @@
+"""The reference: the same LeNet-5 in PyTorch eager (sigmoid, 2x2 average pooling, float32).
+
+Parameter names and layouts are lenet's (c1, c3, f5, f6, f7), so lenet's state_dict loads unchanged and
+both start from identical weights. Imported only when torch is benchmarked.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TorchLeNet5(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 6, 5, padding=2)
+        self.c3 = nn.Conv2d(6, 16, 5)
+        self.f5, self.f6, self.f7 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = F.avg_pool2d(torch.sigmoid(self.c1(x)), 2)  # (N, 6, 14, 14)
+        x = F.avg_pool2d(torch.sigmoid(self.c3(x)), 2)  # (N, 16, 5, 5)
+        x = torch.sigmoid(self.f5(x.flatten(1)))
+        return self.f7(torch.sigmoid(self.f6(x)))  # (N, 10)
+
+
+def torch_steps(state, x, y, device, lr, momentum):
+    """{train, infer, sync} closures for one batch, doing the work of lenet's DataParallel.train_step and forward.
+
+    state: lenet's state_dict (NumPy arrays); x (N, 1, 28, 28) float32 and y (N,) int64 NumPy arrays.
+    """
+    net = TorchLeNet5().to(device)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+
+    def train():
+        opt.zero_grad(set_to_none=True)
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        opt.step()
+        return loss.detach(), (logits.argmax(dim=1) == y).sum()  # what lenet's train_step returns
+
+    def infer():
+        with torch.inference_mode():
+            return net(x)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return {"train": train, "infer": infer, "sync": sync}
