@@ -31,6 +31,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--activation", choices=["sigmoid", "relu", "tanh"], default=DEFAULTS.activation)
     p.add_argument("--pool", choices=["avg", "max"], default=DEFAULTS.pool)
+    p.add_argument("--augment", action="store_true", help="random 2-pixel shifts and mirror images each epoch")
     p.add_argument("--dtype", choices=["float32", "float64"], default=DEFAULTS.dtype)
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seeds the weights, the split and the shuffling")
     p.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction, help="(default %(default)s)")
@@ -38,6 +39,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--out", default=DEFAULTS.out, help="folder for checkpoints, history and plots (default %(default)s)"
     )
+    p.add_argument("--threads", type=positive_int, help="CPU threads for the numpy backend (default: one per core)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out (its options are kept)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)

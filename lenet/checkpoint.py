@@ -53,6 +53,11 @@ def load_checkpoint(path):
         meta = json.loads(str(arrays.pop(META_KEY)))
     except json.JSONDecodeError as e:
         raise LenetError(f"checkpoint {path}: its metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise LenetError(f"checkpoint {path}: its metadata is a JSON {type(meta).__name__}, not an object")
+    not_numbers = [k for k, v in arrays.items() if v.dtype.kind not in "biuf"]
+    if not_numbers:
+        raise LenetError(f"checkpoint {path}: entries that are not numbers: {', '.join(not_numbers)}")
     optimizer_state = {
         k[len(OPTIMIZER_PREFIX) :]: arrays.pop(k) for k in list(arrays) if k.startswith(OPTIMIZER_PREFIX)
     }

@@ -427,3 +427,30 @@ def _check_batch_size(batch_size):
     if batch_size < 1:
         raise LenetError(f"the batch size must be at least 1, not {batch_size}")
     return batch_size
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Augmentation
+
+
+def augment(images, rng, max_shift=2, flip=True):
+    """A randomly shifted (up to max_shift pixels each way, zeros shifted in) and mirrored copy of images.
+
+    images (N, C, H, W) on either backend; the random draws come from the host Generator `rng` (one
+    shift and one coin per image) and move to the device once, so a seed gives the same result on both.
+    Fashion-MNIST's classes are left-right symmetric, so a mirror image is still an example of its class.
+    """
+    xp = get_array_module(images)
+    n, c, h, w = images.shape
+    dy = xp.asarray(rng.integers(-max_shift, max_shift + 1, n))
+    dx = xp.asarray(rng.integers(-max_shift, max_shift + 1, n))
+    mirror = xp.asarray(rng.random(n) < 0.5) if flip else xp.zeros(n, dtype=bool)
+    p = max_shift
+    padded = xp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=images.dtype)
+    padded[:, :, p : p + h, p : p + w] = images
+    rows = xp.arange(h)[None, :] + p - dy[:, None]  # (N, H): output row r reads padded row r + p - dy
+    cols = xp.arange(w)[None, :] - dx[:, None]  # (N, W): the column of the shifted image, then mirrored
+    cols = xp.where(mirror[:, None], w - 1 - cols, cols) + p
+    batch = xp.arange(n)[:, None, None, None]
+    channel = xp.arange(c)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]

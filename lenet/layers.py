@@ -247,21 +247,40 @@ class AvgPool2d(_Pool2d):
 
 
 class MaxPool2d(_Pool2d):
-    """Maximum over each KxK window; the gradient goes to the first maximum, as in PyTorch."""
+    """Maximum over each KxK window; the gradient goes to the first maximum (row-major), as in PyTorch.
+
+    Non-overlapping windows take a fast path over the k*k strided slices, remembering which slice won;
+    other windows go through im2col and argmax.
+    """
 
     def forward(self, x):
         xp = get_array_module(x)
-        self.x_shape = x.shape
-        cols = self._window_cols(x)  # (K*K, OH*OW*N*C)
-        self.argmax = cols.argmax(axis=0)  # the first maximum of each window
-        out = xp.take_along_axis(cols, self.argmax[None, :], axis=0)
-        return self._from_columns(out, x.shape)
+        self.x = x
+        tiles = self._tiles(x)
+        if tiles is None:
+            cols = self._window_cols(x)  # (K*K, OH*OW*N*C)
+            self.argmax = cols.argmax(axis=0)  # the first maximum of each window
+            return self._from_columns(xp.take_along_axis(cols, self.argmax[None, :], axis=0), x.shape)
+        out = xp.copy(tiles[:, :, :, 0, :, 0], order="K")
+        self.winner = xp.zeros(out.shape, dtype=np.int8)  # which window position holds the maximum
+        for pos in range(1, self.k * self.k):
+            candidate = tiles[:, :, :, pos // self.k, :, pos % self.k]
+            bigger = candidate > out  # strictly: on a tie the earlier position keeps it
+            xp.copyto(out, candidate, where=bigger)
+            self.winner = xp.where(bigger, np.int8(pos), self.winner)
+        return out
 
     def backward(self, dout):
         xp = get_array_module(dout)
-        dcols = xp.zeros((self.k * self.k, dout.size), dtype=dout.dtype)
-        xp.put_along_axis(dcols, self.argmax[None, :], self._to_columns(dout), axis=0)
-        return self._scatter(dcols, self.x_shape)
+        dx = xp.empty_like(self.x)  # x's memory layout
+        tiles = self._tiles(dx)
+        if tiles is None:
+            positions = xp.arange(self.k * self.k)[:, None]
+            dcols = (positions == self.argmax[None, :]) * self._to_columns(dout)  # (K*K, OH*OW*N*C)
+            return self._scatter(dcols, self.x.shape)
+        for pos in range(self.k * self.k):
+            tiles[:, :, :, pos // self.k, :, pos % self.k] = dout * (self.winner == pos)
+        return dx
 
 
 class SoftmaxCrossEntropy:

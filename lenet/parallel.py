@@ -1,11 +1,12 @@
 """Data parallelism on the CPU: Python threads that each run part of a batch.
 
 NumPy releases the GIL inside ufuncs and BLAS calls, so two threads, each running forward and backward on
-half of the batch with a one-thread BLAS, keep both cores busy through the elementwise work too, which a
+part of the batch with a one-thread BLAS, keep both cores busy through the elementwise work too, which a
 single thread (whose BLAS alone is multi-threaded) leaves on one core. Each thread uses its own replica of
-the model (shared weights, own caches and gradients); the gradients are added in a fixed order, so a run
-is as deterministic as a single thread's. The loss is the mean over the whole batch: each part's loss
-gradient is scaled by its share of the batch.
+the model (shared weights, own caches and gradients). Large batches are cut into chunks of at most
+`max_chunk` images that a thread runs one after another, so the im2col buffers of a chunk stay in cache;
+the gradients of the chunks are added in a fixed order, so a run is exactly as repeatable as a single
+thread's. The loss is the mean over the whole batch: each chunk's loss gradient is scaled by its share.
 """
 
 import contextlib
@@ -16,12 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .backend import get_array_module
 from .layers import SoftmaxCrossEntropy
 
-# With the default 5 ms switch interval a thread that wants the GIL back waits too long between the
-# short NumPy calls of a LeNet step; 0.1 ms lets the two threads interleave (measured: see README).
-SWITCH_INTERVAL_S = 1e-4
+# With the default 5 ms switch interval a thread that wants the GIL back can wait long between the many
+# short NumPy calls of a LeNet step; a shorter one lets the two threads interleave.
+SWITCH_INTERVAL_S = 5e-4
 
 
 def default_threads(xp):
@@ -32,20 +32,35 @@ def default_threads(xp):
 
 
 class DataParallel:
-    """Run training steps and inference of `model` over `threads` parts of each batch.
+    """Runs training steps and inference of `model` on `threads` threads, over chunks of each batch.
 
-    Parts smaller than `min_part` are not split (below it one thread with a multi-threaded BLAS is faster).
+    A batch is split only into chunks of at least `min_chunk` images (below that one thread with a
+    multi-threaded BLAS is faster) and at most `max_chunk` (beyond that the buffers fall out of cache).
+    With threads=1 and a batch up to max_chunk this is exactly model.forward / backward / optimizer.step.
     """
 
-    def __init__(self, model, threads=2, min_part=48):
-        self.model, self.threads, self.min_part = model, threads, min_part
+    def __init__(self, model, threads=2, min_chunk=48, max_chunk=128):
+        self.model, self.threads = model, threads
+        # A GPU wants the whole batch in one go: no chunks there.
+        self.min_chunk, self.max_chunk = min_chunk, (max_chunk if model.xp is np else None)
         self.replicas = [model] + [model.replica() for _ in range(threads - 1)]
         self.loss_fns = [SoftmaxCrossEntropy() for _ in range(threads)]
         self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
-    # The process-wide settings (BLAS threads, switch interval) hold only while a step runs in parallel.
+    def chunks(self, n):
+        """[(start, stop)] of the chunks of a batch of n: as few as the limits allow, at least one per thread."""
+        k = max(-(-n // self.max_chunk) if self.max_chunk else 1, min(self.threads, n // self.min_chunk), 1)
+        if self.threads > 1 and k > 1:
+            k = -(-k // self.threads) * self.threads  # a whole number of chunks per thread
+        bounds = [round(i * n / k) for i in range(k + 1)]
+        return list(zip(bounds[:-1], bounds[1:], strict=True))
+
     @contextlib.contextmanager
-    def _parallel_settings(self):
+    def _settings(self, parallel):
+        """Process-wide settings that hold only while threads run: a one-thread BLAS, a short switch interval."""
+        if not parallel:
+            yield
+            return
         old = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
@@ -54,59 +69,66 @@ class DataParallel:
         finally:
             sys.setswitchinterval(old)
 
-    def _parts(self, n):
-        k = max(1, min(self.threads, n // self.min_part))
-        bounds = [round(i * n / k) for i in range(k + 1)]
-        return list(zip(bounds[:-1], bounds[1:], strict=True))
+    def _map(self, work, chunks):
+        """Run work(replica_index, chunk_indices) for every thread's share of the chunks; results in order."""
+        threads = min(self.threads, len(chunks))
+        shares = [list(range(t, len(chunks), threads)) for t in range(threads)]
+        if threads == 1:
+            return [work(0, shares[0])]
+        with self._settings(parallel=True):
+            return list(self._pool.map(work, range(threads), shares))
 
     def train_step(self, optimizer, x, y):
         """Forward, loss, backward and optimizer step on a batch. Returns (loss, correct) on the device."""
         n = x.shape[0]
-        parts = self._parts(n)
-        if len(parts) == 1:
-            return _step_part(self.model, self.loss_fns[0], x, y, 1.0, optimizer)
+        chunks = self.chunks(n)
 
-        def work(i):
-            lo, hi = parts[i]
-            return _step_part(self.replicas[i], self.loss_fns[i], x[lo:hi], y[lo:hi], (hi - lo) / n)
+        def work(r, share):
+            model, loss_fn = self.replicas[r], self.loss_fns[r]
+            loss = correct = grads = None
+            for c in share:
+                lo, hi = chunks[c]
+                logits = model.forward(x[lo:hi])
+                part_loss = loss_fn.forward(logits, y[lo:hi]) * ((hi - lo) / n)
+                dlogits = loss_fn.backward()
+                if hi - lo != n:
+                    dlogits *= dlogits.dtype.type((hi - lo) / n)
+                model.backward(dlogits)
+                part_correct = (logits.argmax(axis=1) == y[lo:hi]).sum()
+                if grads is None:
+                    loss, correct, grads = part_loss, part_correct, [p.grad for p in model.parameters()]
+                else:
+                    loss, correct = loss + part_loss, correct + part_correct
+                    for g, p in zip(grads, model.parameters(), strict=True):
+                        g += p.grad
+            return loss, correct, grads
 
-        with self._parallel_settings():
-            results = list(self._pool.map(work, range(len(parts))))
-        # model.grad = sum over the parts; the first part's arrays are the model's own.
-        params = [r.parameters() for r in self.replicas[: len(parts)]]
-        for group in zip(*params, strict=True):
-            for other in group[1:]:
-                group[0].grad += other.grad
+        results = self._map(work, chunks)
+        loss, correct, grads = results[0]
+        for other_loss, other_correct, other_grads in results[1:]:
+            loss, correct = loss + other_loss, correct + other_correct
+            for g, other in zip(grads, other_grads, strict=True):
+                g += other
+        for p, g in zip(self.model.parameters(), grads, strict=True):
+            p.grad = g
         optimizer.step()
-        loss = sum(r[0] for r in results)
-        correct = sum(r[1] for r in results)
         return loss, correct
 
     def forward(self, x):
-        """Logits for a batch, the parts run in parallel."""
-        parts = self._parts(x.shape[0])
-        if len(parts) == 1:
+        """Logits for a batch, its chunks run in parallel."""
+        chunks = self.chunks(x.shape[0])
+        if len(chunks) == 1:
             return self.model.forward(x)
-        xp = get_array_module(x)
-        with self._parallel_settings():
-            outs = list(
-                self._pool.map(lambda i: self.replicas[i].forward(x[parts[i][0] : parts[i][1]]), range(len(parts)))
-            )
-        return xp.concatenate(outs)
+        out = [None] * len(chunks)
+
+        def work(r, share):
+            for c in share:
+                lo, hi = chunks[c]
+                out[c] = self.replicas[r].forward(x[lo:hi])
+
+        self._map(work, chunks)
+        return self.model.xp.concatenate(out)
 
     def close(self):
         if self._pool is not None:
             self._pool.shutdown()
-
-
-def _step_part(model, loss_fn, x, y, share, optimizer=None):
-    """Forward and backward on (part of) a batch, its loss gradient scaled by `share`; optionally the step."""
-    logits = model.forward(x)
-    loss = loss_fn.forward(logits, y)
-    dlogits = loss_fn.backward()
-    if share != 1.0:
-        dlogits *= dlogits.dtype.type(share)
-    model.backward(dlogits)
-    if optimizer is not None:
-        optimizer.step()
-    return loss * share, (logits.argmax(axis=1) == y).sum()

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .backend import get_array_module, get_backend
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import iterate_batches, load_dataset, num_batches, train_val_split
+from .data import augment, iterate_batches, load_dataset, num_batches, train_val_split
 from .errors import LenetError
 from .files import atomic_write
 from .layers import SoftmaxCrossEntropy
@@ -49,6 +49,7 @@ class TrainConfig:
     dtype: str = "float32"
     seed: int = 0
     val_fraction: float = 0.2
+    augment: bool = False  # random shifts of up to 2 pixels and mirror images, drawn anew every epoch
     limit: int = None  # use only the first N training examples (quick runs, tests)
     threads: int = None  # CPU threads for data parallelism; None: every core on NumPy (parallel.py)
     out: str = "runs/fashion-mnist"
@@ -65,6 +66,11 @@ class TrainConfig:
             raise LenetError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise LenetError(f"--lr must be a positive number, not {self.lr}")
+        for flag, value in (("--momentum", self.momentum), ("--weight-decay", self.weight_decay)):
+            if not (math.isfinite(value) and value >= 0):
+                raise LenetError(f"{flag} must be a number >= 0, not {value}")
+        if self.seed < 0:  # NumPy's generators take only non-negative seeds
+            raise LenetError(f"--seed must be >= 0, not {self.seed}")
         if self.limit is not None and self.limit < 2:
             raise LenetError(f"--limit must be at least 2, not {self.limit}")
 
@@ -157,7 +163,7 @@ def fit(config, log=print):
     log(
         f"{config.dataset}: {len(train_idx)} training and {len(val_idx)} validation images; backend {config.backend}, "
         f"{config.optimizer} lr {config.lr} ({config.schedule}), batch {config.batch_size}, "
-        f"{config.activation}/{config.pool}"
+        f"{config.activation}/{config.pool}{', augmented' if config.augment else ''}"
     )
 
     meta_common = {
@@ -172,7 +178,8 @@ def fit(config, log=print):
             start = time.perf_counter()
             optimizer.lr = learning_rate(config, epoch)
             total_loss, correct = xp.zeros((), dtype=np.float64), xp.zeros((), dtype=np.int64)
-            batches = iterate_batches(x_train, y_train, config.batch_size, shuffle_rng)
+            x_epoch = augment(x_train, shuffle_rng) if config.augment else x_train
+            batches = iterate_batches(x_epoch, y_train, config.batch_size, shuffle_rng)
             with np.errstate(over="ignore", invalid="ignore"):  # a diverging loss is caught below, by value
                 for x, y in tqdm(
                     batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not config.progress

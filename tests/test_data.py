@@ -490,3 +490,33 @@ def test_download_into_a_folder_that_cannot_be_written(server, tmp_path):
     with pytest.raises(LenetError, match="cannot write it") as error:
         find_dataset(info, cache_dir=blocker / "cache")
     assert "\n" not in str(error.value)
+
+
+def test_augment_shifts_and_mirrors_each_image(xp):
+    from lenet.data import augment
+
+    rng = np.random.default_rng(3)
+    images = rng.random((64, 1, 6, 7)).astype(np.float32)
+    out = to_numpy(augment(xp.asarray(images), np.random.default_rng(9), max_shift=2))
+    assert out.shape == images.shape and out.dtype == np.float32
+    # Replay the draws and check every image against its own shift and mirror, done the slow way.
+    draws = np.random.default_rng(9)
+    dy, dx, mirror = draws.integers(-2, 3, 64), draws.integers(-2, 3, 64), draws.random(64) < 0.5
+    assert mirror.any() and (~mirror).any() and (dy != 0).any()
+    for i in range(64):
+        src = images[i, 0, :, ::-1] if mirror[i] else images[i, 0]
+        expected = np.zeros_like(src)
+        h, w = src.shape
+        for r in range(h):
+            for c in range(w):
+                if 0 <= r - dy[i] < h and 0 <= c - dx[i] < w:
+                    expected[r, c] = src[r - dy[i], c - dx[i]]
+        np.testing.assert_array_equal(out[i, 0], expected)
+
+
+def test_augment_without_shift_or_flip_is_the_identity(xp):
+    from lenet.data import augment
+
+    images = np.random.default_rng(0).random((5, 1, 4, 4)).astype(np.float32)
+    out = augment(xp.asarray(images), np.random.default_rng(0), max_shift=0, flip=False)
+    np.testing.assert_array_equal(to_numpy(out), images)

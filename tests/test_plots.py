@@ -1,0 +1,104 @@
+import matplotlib.image
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from lenet.plots import plot_confusion_matrix, plot_history, plot_images
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+@pytest.fixture(autouse=True)
+def no_figures_before():
+    plt.close("all")  # another module's leftovers must not count against these tests
+
+
+def read_png(path):
+    """(height, width) of the PNG at path, after checking that it is one and is alone in its folder."""
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[2] in (3, 4)
+    assert pixels.shape[0] > 50 and pixels.shape[1] > 50
+    assert pixels[..., :3].std() > 0, "a blank picture"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name], "temporary files left behind"
+    assert plt.get_fignums() == [], "figures left open"
+    return pixels
+
+
+def red_pixels(pixels):
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    return int(((r > 0.8) & (g < 0.3) & (b < 0.3)).sum())
+
+
+def sample_images(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, n)
+
+
+@pytest.mark.parametrize("as_dataframe", [True, False], ids=["dataframe", "dict"])
+def test_plot_history(tmp_path, as_dataframe):
+    history = {
+        "epoch": [1, 2, 3],
+        "train_loss": [2.0, 1.0, 0.5],
+        "train_acc": [0.3, 0.6, 0.8],
+        "val_loss": [2.1, 1.2, 0.7],
+        "val_acc": [0.25, 0.55, 0.75],
+        "seconds": [1.0, 1.0, 1.0],
+    }
+    path = tmp_path / "curves.png"
+    plot_history(pd.DataFrame(history) if as_dataframe else history, path)
+    height, width = read_png(path).shape[:2]
+    assert width > 2 * height  # two panels side by side
+
+
+def test_plot_images_without_predictions(tmp_path):
+    images, labels = sample_images()
+    path = tmp_path / "batch.png"
+    plot_images(images, CLASS_NAMES, labels, path)
+    pixels = read_png(path)
+    height, width = pixels.shape[:2]
+    assert width > 3 * height  # eight images: one row
+    assert red_pixels(pixels) == 0
+
+
+def test_plot_images_marks_wrong_predictions_in_red(tmp_path):
+    images, labels = sample_images()
+    plot_images(images, CLASS_NAMES, labels, tmp_path / "right" / "p.png", predicted=labels)
+    plot_images(images, CLASS_NAMES, labels, tmp_path / "wrong" / "p.png", predicted=(labels + 1) % 10)
+    right, wrong = read_png(tmp_path / "right" / "p.png"), read_png(tmp_path / "wrong" / "p.png")
+    assert red_pixels(right) == 0
+    assert red_pixels(wrong) > 100
+
+
+def test_plot_images_takes_n_h_w_images_and_a_partial_row(tmp_path):
+    images, labels = sample_images(n=5)
+    path = tmp_path / "few.png"
+    plot_images(images[:, 0], CLASS_NAMES, labels, path, columns=4)
+    read_png(path)
+
+
+def test_plot_confusion_matrix(tmp_path):
+    rng = np.random.default_rng(0)
+    matrix = rng.integers(0, 50, (10, 10)) + np.diag(rng.integers(500, 1000, 10))
+    path = tmp_path / "confusion_matrix.png"
+    plot_confusion_matrix(matrix, CLASS_NAMES, path)
+    height, width = read_png(path).shape[:2]
+    assert 0.7 < width / height < 1.6  # a square matrix with a color bar
+
+
+def test_plot_replaces_an_existing_file(tmp_path):
+    path = tmp_path / "curves.png"
+    path.write_bytes(b"an old picture")
+    plot_confusion_matrix(np.eye(3, dtype=int), CLASS_NAMES[:3], path)
+    read_png(path)
+
+
+def test_failed_plot_closes_its_figure_and_leaves_no_file(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the plot's folder should be")
+    with pytest.raises(OSError):
+        plot_confusion_matrix(np.eye(3, dtype=int), CLASS_NAMES[:3], blocker / "confusion_matrix.png")
+    assert plt.get_fignums() == []
+    assert [p.name for p in tmp_path.iterdir()] == [blocker.name]
