@@ -31,14 +31,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--activation", choices=["sigmoid", "relu", "tanh"], default=DEFAULTS.activation)
     p.add_argument("--pool", choices=["avg", "max"], default=DEFAULTS.pool)
-    p.add_argument("--augment", action="store_true", help="random 2-pixel shifts and mirror images each epoch")
+    p.add_argument("--augment", action="store_true", help="random 1-pixel shifts and mirror images, new each epoch")
     p.add_argument("--dtype", choices=["float32", "float64"], default=DEFAULTS.dtype)
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seeds the weights, the split and the shuffling")
     p.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction, help="(default %(default)s)")
     p.add_argument("--limit", type=positive_int, help="use only the first N training images (quick runs)")
-    p.add_argument(
-        "--out", default=DEFAULTS.out, help="folder for checkpoints, history and plots (default %(default)s)"
-    )
+    p.add_argument("--out", help="folder for checkpoints, history and plots (default runs/<dataset>)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for the numpy backend (default: one per core)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out (its options are kept)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -48,6 +46,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress")}
+    options["out"] = args.out or f"runs/{args.dataset}"
     if args.epochs is None and not args.resume:
         options["epochs"] = DEFAULTS.epochs
     config = TrainConfig(**options, progress=not args.no_progress)
@@ -56,6 +55,9 @@ def main(argv=None):
         fit(config)
     except TrainingInterrupted as e:
         print(f"train.py: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the first epoch started (loading data, writing batch.png)
+        print("train.py: interrupted before training started; nothing was trained", file=sys.stderr)
         return 130
 
 

@@ -1,4 +1,4 @@
-"""Data parallelism on the CPU: Python threads that each run part of a batch.
+"""Data parallelism on the CPU: Python threads that each run part of a batch, each with a one-thread BLAS.
 
 NumPy releases the GIL inside ufuncs and BLAS calls, so two threads, each running forward and backward on
 part of the batch with a one-thread BLAS, keep both cores busy through the elementwise work too, which a
@@ -7,6 +7,10 @@ the model (shared weights, own caches and gradients). Large batches are cut into
 `max_chunk` images that a thread runs one after another, so the im2col buffers of a chunk stay in cache;
 the gradients of the chunks are added in a fixed order, so a run is exactly as repeatable as a single
 thread's. The loss is the mean over the whole batch: each chunk's loss gradient is scaled by its share.
+
+BLAS runs one thread per call always, also when the batch is too small to split: OpenBLAS's own threads
+spin while they wait, and on a machine where anything else runs they were measured to slow a LeNet step
+by 30 to 500 times. On an idle machine a two-thread BLAS was only about 10% faster at batch 32.
 """
 
 import contextlib
@@ -15,13 +19,23 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .layers import SoftmaxCrossEntropy
 
 # With the default 5 ms switch interval a thread that wants the GIL back can wait long between the many
 # short NumPy calls of a LeNet step; a shorter one lets the two threads interleave.
 SWITCH_INTERVAL_S = 5e-4
+
+_blas = None  # a ThreadpoolController, made once: threadpool_limits() would cost 0.2 ms a step to find BLAS
+
+
+def one_thread_blas():
+    """A context in which NumPy's BLAS uses one thread (it restores the previous setting on exit)."""
+    global _blas
+    if _blas is None:
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
 
 
 def default_threads(xp):
@@ -57,14 +71,15 @@ class DataParallel:
 
     @contextlib.contextmanager
     def _settings(self, parallel):
-        """Process-wide settings that hold only while threads run: a one-thread BLAS, a short switch interval."""
-        if not parallel:
+        """Process-wide settings that hold only during a step: a one-thread BLAS (NumPy), a short switch interval."""
+        if self.model.xp is not np:
             yield
             return
         old = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        if parallel:
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
-            with threadpool_limits(1, user_api="blas"):
+            with one_thread_blas():
                 yield
         finally:
             sys.setswitchinterval(old)
@@ -73,9 +88,9 @@ class DataParallel:
         """Run work(replica_index, chunk_indices) for every thread's share of the chunks; results in order."""
         threads = min(self.threads, len(chunks))
         shares = [list(range(t, len(chunks), threads)) for t in range(threads)]
-        if threads == 1:
-            return [work(0, shares[0])]
-        with self._settings(parallel=True):
+        with self._settings(parallel=threads > 1):
+            if threads == 1:
+                return [work(0, shares[0])]
             return list(self._pool.map(work, range(threads), shares))
 
     def train_step(self, optimizer, x, y):
@@ -117,8 +132,6 @@ class DataParallel:
     def forward(self, x):
         """Logits for a batch, its chunks run in parallel."""
         chunks = self.chunks(x.shape[0])
-        if len(chunks) == 1:
-            return self.model.forward(x)
         out = [None] * len(chunks)
 
         def work(r, share):
@@ -127,7 +140,7 @@ class DataParallel:
                 out[c] = self.replicas[r].forward(x[lo:hi])
 
         self._map(work, chunks)
-        return self.model.xp.concatenate(out)
+        return out[0] if len(out) == 1 else self.model.xp.concatenate(out)
 
     def close(self):
         if self._pool is not None:

@@ -37,7 +37,7 @@ class TrainConfig:
     dataset: str = "fashion-mnist"
     data_dir: str = None
     backend: str = "numpy"
-    epochs: int = 20  # None on --resume: keep the stored run's number
+    epochs: int = 30  # None on --resume: keep the stored run's number
     batch_size: int = 32
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -49,7 +49,7 @@ class TrainConfig:
     dtype: str = "float32"
     seed: int = 0
     val_fraction: float = 0.2
-    augment: bool = False  # random shifts of up to 2 pixels and mirror images, drawn anew every epoch
+    augment: bool = False  # random 1-pixel shifts and mirror images, drawn anew every epoch
     limit: int = None  # use only the first N training examples (quick runs, tests)
     threads: int = None  # CPU threads for data parallelism; None: every core on NumPy (parallel.py)
     out: str = "runs/fashion-mnist"
@@ -243,10 +243,17 @@ def _finish(history, out):
 
 def _resume(config, last_path):
     """The stored config of the run in last_path (epochs may be raised) and its saved state."""
+    if not last_path.exists():
+        raise LenetError(f"nothing to resume in {last_path.parent}: it has no last.npz")
     state, meta, optimizer_state = load_checkpoint(last_path)
-    if "rng_state" not in meta or "train_config" not in meta:
-        raise LenetError(f"{last_path} is not a resumable checkpoint (no training state)")
-    stored = TrainConfig(**meta["train_config"])
+    missing = [k for k in ("train_config", "epoch", "history", "best_val_acc", "rng_state") if k not in meta]
+    if missing or "steps" not in optimizer_state:
+        missing += [] if "steps" in optimizer_state else ["optimizer state"]
+        raise LenetError(f"{last_path} is not a resumable checkpoint (missing: {', '.join(missing)})")
+    try:
+        stored = TrainConfig(**meta["train_config"])
+    except TypeError as e:
+        raise LenetError(f"{last_path}: its training options do not fit this lenet ({e})") from None
     if config.epochs is not None:  # the only option a resumed run may change
         stored.epochs = config.epochs
     stored.out, stored.progress, stored.data_dir = config.out, config.progress, config.data_dir or stored.data_dir
