@@ -10,24 +10,8 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from lenet.backend import cupy_available
+from lenet.cli import ArgumentParser, positive_int  # noqa: F401  (the scripts import them from here)
 from lenet.errors import LenetError
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line and exit status 2 (no usage block, no traceback)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def positive_float(text):

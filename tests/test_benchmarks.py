@@ -61,3 +61,16 @@ def test_bad_flag_is_one_line_and_exit_2(argv):
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "error" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_epoch_benchmark_runs_on_a_slice_of_the_real_data():
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    args = ["--limit", "400", "--repeats", "1", "--step-seconds", "0.1"]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/epoch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "320 training images" in done.stdout
+    ratio = [line for line in done.stdout.splitlines() if line.startswith("ratio real / predicted")]
+    assert len(ratio) == 1 and float(ratio[0].split()[-1]) > 0
