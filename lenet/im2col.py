@@ -13,6 +13,8 @@ number, dominates short runs. Layers therefore keep activations in (C, H, W, N) 
 as (N, C, H, W) views (`x.transpose(3, 0, 1, 2)`); no transpose is copied between layers.
 """
 
+import numpy as np
+
 from .backend import get_array_module
 
 
@@ -37,8 +39,9 @@ def windows(xb, kh, kw, stride=1):
     c, h, w, n = xb.shape
     oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
     sc, sh, sw, sn = xb.strides
+    read_only = {"writeable": False} if xp is np else {}  # windows overlap: writing through them is a bug
     return xp.lib.stride_tricks.as_strided(
-        xb, (c, kh, kw, oh, ow, n), (sc, sh, sw, sh * stride, sw * stride, sn), writeable=False
+        xb, (c, kh, kw, oh, ow, n), (sc, sh, sw, sh * stride, sw * stride, sn), **read_only
     )
 
 
