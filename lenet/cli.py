@@ -2,6 +2,7 @@
 that turns expected failures into one line on stderr and exit status 2 (no traceback)."""
 
 import argparse
+import os
 import sys
 
 from .errors import LenetError
@@ -26,6 +27,9 @@ def run_main(main, prog):
     """Call main(); LenetError and file-system errors become `prog: error: ...` and exit status 2."""
     try:
         return main() or 0
+    except BrokenPipeError:  # the reader went away (python test.py | head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except LenetError as e:
         message = str(e)
     except OSError as e:  # an unwritable --out folder, a full disk, ...

@@ -11,7 +11,7 @@ dtype of its input and works on NumPy and CuPy arrays alike (`xp = get_array_mod
 import numpy as np
 
 from .backend import get_array_module
-from .im2col import col2im, im2col, output_size
+from .im2col import batch_last, col2im, col2im_rows, im2col, output_size, row_blocks, windows
 
 
 class Parameter:
@@ -41,10 +41,13 @@ class Layer:
 
 
 class Conv2d(Layer):
-    """2-D convolution (cross-correlation, as in PyTorch) via im2col and one matrix product.
+    """2-D convolution (cross-correlation, as in PyTorch) via im2col and matrix products.
 
     weight (F, C, KH, KW), bias (F,). x (N, C, H, W) -> (N, F, OH, OW).
     With input_grad=False, backward skips dL/dx (for a first layer, whose input is the images).
+
+    The columns are built and multiplied one block of output rows at a time (see im2col.py), so a block
+    is still in cache when its product reads it; backward builds them again rather than keeping them.
     """
 
     def __init__(self, weight, bias, stride=1, padding=0, input_grad=True):
@@ -57,27 +60,55 @@ class Conv2d(Layer):
         f, _, kh, kw = self.weight.shape
         return (n, f, output_size(h, kh, self.stride, self.padding), output_size(w, kw, self.stride, self.padding))
 
+    def _blocks(self, xb):
+        """The padded batch-last input's windows (C, KH, KW, OH, OW, N) and the blocks of output rows."""
+        xp = get_array_module(xb)
+        _, _, kh, kw = self.weight.shape
+        win = windows(xb, kh, kw, self.stride)
+        c, kh, kw, oh, ow, n = win.shape
+        if xp is not np:  # a GPU has no small cache to fit: one block
+            return win, [(0, oh)]
+        return win, row_blocks(oh, c * kh * kw * ow * n * xb.itemsize)
+
     def forward(self, x):
+        xp = get_array_module(x)
         n = x.shape[0]
-        f, _, kh, kw = self.weight.shape
+        f = self.weight.shape[0]
         _, _, oh, ow = self.output_shape(x.shape)
-        cols = im2col(x, kh, kw, self.stride, self.padding)  # (C*KH*KW, OH*OW*N)
-        out = self.weight.data.reshape(f, -1) @ cols  # (F, OH*OW*N)
+        xb = batch_last(x, self.padding)  # (C, H+2p, W+2p, N)
+        win, blocks = self._blocks(xb)
+        w = self.weight.data.reshape(f, -1)  # (F, C*KH*KW)
+        out = xp.empty((f, oh * ow * n), dtype=x.dtype)  # (F, OH*OW*N)
+        for r0, r1 in blocks:
+            cols = win[:, :, :, r0:r1].reshape(w.shape[1], -1)  # (C*KH*KW, rows*OW*N): im2col of the block
+            xp.matmul(w, cols, out=out[:, r0 * ow * n : r1 * ow * n])
         out += self.bias.data[:, None]
-        self.cache = (x.shape, cols)
+        self.cache = (x.shape, xb)
         # (F, OH, OW, N) memory seen as (N, F, OH, OW): no transpose copy on the way out.
         return out.reshape(f, oh, ow, n).transpose(3, 0, 1, 2)
 
     def backward(self, dout):
-        x_shape, cols = self.cache
+        xp = get_array_module(dout)
+        x_shape, xb = self.cache
         f, _, kh, kw = self.weight.shape
+        n, _, oh, ow = dout.shape
         dout = dout.transpose(1, 2, 3, 0).reshape(f, -1)  # (F, OH*OW*N); a view when dout is batch-last
-        self.weight.grad = (dout @ cols.T).reshape(self.weight.shape)  # (F, C*KH*KW) -> (F, C, KH, KW)
+        w = self.weight.data.reshape(f, -1)  # (F, C*KH*KW)
+        win, blocks = self._blocks(xb)
+        dw = xp.zeros(w.shape, dtype=dout.dtype)
+        dxb = xp.zeros(xb.shape, dtype=dout.dtype) if self.input_grad else None  # (C, H+2p, W+2p, N)
+        for r0, r1 in blocks:
+            cols = win[:, :, :, r0:r1].reshape(w.shape[1], -1)  # the block's columns, built again
+            dout_block = dout[:, r0 * ow * n : r1 * ow * n]  # (F, rows*OW*N)
+            dw += dout_block @ cols.T
+            if self.input_grad:
+                col2im_rows(dxb, w.T @ dout_block, r0, r1, kh, kw, self.stride)
+        self.weight.grad = dw.reshape(self.weight.shape)
         self.bias.grad = dout.sum(axis=1)
         if not self.input_grad:
             return None
-        dcols = self.weight.data.reshape(f, -1).T @ dout  # (C*KH*KW, OH*OW*N)
-        return col2im(dcols, x_shape, kh, kw, self.stride, self.padding)
+        p, (_, _, h, wd) = self.padding, x_shape
+        return dxb[:, p : p + h, p : p + wd, :].transpose(3, 0, 1, 2)
 
 
 class Linear(Layer):

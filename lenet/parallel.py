@@ -3,10 +3,11 @@
 NumPy releases the GIL inside ufuncs and BLAS calls, so two threads, each running forward and backward on
 part of the batch with a one-thread BLAS, keep both cores busy through the elementwise work too, which a
 single thread (whose BLAS alone is multi-threaded) leaves on one core. Each thread uses its own replica of
-the model (shared weights, own caches and gradients). Large batches are cut into chunks of at most
-`max_chunk` images that a thread runs one after another, so the im2col buffers of a chunk stay in cache;
-the gradients of the chunks are added in a fixed order, so a run is exactly as repeatable as a single
-thread's. The loss is the mean over the whole batch: each chunk's loss gradient is scaled by its share.
+the model (shared weights, own caches and gradients). Batches are cut into chunks of at most `max_chunk`
+images, which the threads take in turn, so the im2col buffers of a chunk stay in cache. How a batch is cut
+depends on its size alone, and the chunks' gradients are added in chunk order, so the result is the same,
+bit for bit, whatever the number of threads. The loss is the mean over the whole batch: each chunk's loss
+gradient is scaled by its share.
 
 BLAS runs one thread per call always, also when the batch is too small to split: OpenBLAS's own threads
 spin while they wait, and on a machine where anything else runs they were measured to slow a LeNet step
@@ -48,24 +49,24 @@ def default_threads(xp):
 class DataParallel:
     """Runs training steps and inference of `model` on `threads` threads, over chunks of each batch.
 
-    A batch is split only into chunks of at least `min_chunk` images (below that one thread with a
-    multi-threaded BLAS is faster) and at most `max_chunk` (beyond that the buffers fall out of cache).
-    With threads=1 and a batch up to max_chunk this is exactly model.forward / backward / optimizer.step.
+    A batch of at least `split_at` images is cut into two chunks or more, of at most `max_chunk` images
+    (below split_at one thread is as fast, beyond max_chunk the buffers fall out of cache). A batch of
+    one chunk is exactly model.forward, backward and optimizer.step.
     """
 
-    def __init__(self, model, threads=2, min_chunk=48, max_chunk=128):
+    def __init__(self, model, threads=2, split_at=96, max_chunk=128):
         self.model, self.threads = model, threads
         # A GPU wants the whole batch in one go: no chunks there.
-        self.min_chunk, self.max_chunk = min_chunk, (max_chunk if model.xp is np else None)
+        self.split_at, self.max_chunk = (split_at, max_chunk) if model.xp is np else (None, None)
         self.replicas = [model] + [model.replica() for _ in range(threads - 1)]
         self.loss_fns = [SoftmaxCrossEntropy() for _ in range(threads)]
         self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def chunks(self, n):
-        """[(start, stop)] of the chunks of a batch of n: as few as the limits allow, at least one per thread."""
-        k = max(-(-n // self.max_chunk) if self.max_chunk else 1, min(self.threads, n // self.min_chunk), 1)
-        if self.threads > 1 and k > 1:
-            k = -(-k // self.threads) * self.threads  # a whole number of chunks per thread
+        """[(start, stop)] of the chunks of a batch of n images; depends on n only, not on the threads."""
+        if self.max_chunk is None or n < self.split_at:
+            return [(0, n)]
+        k = max(2, -(-n // self.max_chunk))
         bounds = [round(i * n / k) for i in range(k + 1)]
         return list(zip(bounds[:-1], bounds[1:], strict=True))
 
@@ -84,43 +85,40 @@ class DataParallel:
         finally:
             sys.setswitchinterval(old)
 
-    def _map(self, work, chunks):
-        """Run work(replica_index, chunk_indices) for every thread's share of the chunks; results in order."""
-        threads = min(self.threads, len(chunks))
-        shares = [list(range(t, len(chunks), threads)) for t in range(threads)]
+    def _map(self, work, n_chunks):
+        """work(replica_index, chunk_index) for every chunk, the threads taking them in turn; results in order."""
+        threads = min(self.threads, n_chunks)
         with self._settings(parallel=threads > 1):
             if threads == 1:
-                return [work(0, shares[0])]
-            return list(self._pool.map(work, range(threads), shares))
+                return [work(0, c) for c in range(n_chunks)]
+
+            def share(t):
+                return [work(t, c) for c in range(t, n_chunks, threads)]
+
+            per_thread = list(self._pool.map(share, range(threads)))
+        return [per_thread[c % threads][c // threads] for c in range(n_chunks)]
 
     def train_step(self, optimizer, x, y):
         """Forward, loss, backward and optimizer step on a batch. Returns (loss, correct) on the device."""
         n = x.shape[0]
         chunks = self.chunks(n)
 
-        def work(r, share):
+        def work(r, c):
             model, loss_fn = self.replicas[r], self.loss_fns[r]
-            loss = correct = grads = None
-            for c in share:
-                lo, hi = chunks[c]
-                logits = model.forward(x[lo:hi])
-                part_loss = loss_fn.forward(logits, y[lo:hi]) * ((hi - lo) / n)
-                dlogits = loss_fn.backward()
-                if hi - lo != n:
-                    dlogits *= dlogits.dtype.type((hi - lo) / n)
-                model.backward(dlogits)
-                part_correct = (logits.argmax(axis=1) == y[lo:hi]).sum()
-                if grads is None:
-                    loss, correct, grads = part_loss, part_correct, [p.grad for p in model.parameters()]
-                else:
-                    loss, correct = loss + part_loss, correct + part_correct
-                    for g, p in zip(grads, model.parameters(), strict=True):
-                        g += p.grad
-            return loss, correct, grads
+            lo, hi = chunks[c]
+            logits = model.forward(x[lo:hi])
+            loss = loss_fn.forward(logits, y[lo:hi])
+            dlogits = loss_fn.backward()
+            if hi - lo != n:
+                loss = loss * ((hi - lo) / n)
+                dlogits *= dlogits.dtype.type((hi - lo) / n)
+            model.backward(dlogits)
+            # Each backward pass gives its layers new gradient arrays, so keeping these references is safe.
+            return loss, (logits.argmax(axis=1) == y[lo:hi]).sum(), [p.grad for p in model.parameters()]
 
-        results = self._map(work, chunks)
+        results = self._map(work, len(chunks))
         loss, correct, grads = results[0]
-        for other_loss, other_correct, other_grads in results[1:]:
+        for other_loss, other_correct, other_grads in results[1:]:  # in chunk order
             loss, correct = loss + other_loss, correct + other_correct
             for g, other in zip(grads, other_grads, strict=True):
                 g += other
@@ -132,14 +130,7 @@ class DataParallel:
     def forward(self, x):
         """Logits for a batch, its chunks run in parallel."""
         chunks = self.chunks(x.shape[0])
-        out = [None] * len(chunks)
-
-        def work(r, share):
-            for c in share:
-                lo, hi = chunks[c]
-                out[c] = self.replicas[r].forward(x[lo:hi])
-
-        self._map(work, chunks)
+        out = self._map(lambda r, c: self.replicas[r].forward(x[chunks[c][0] : chunks[c][1]]), len(chunks))
         return out[0] if len(out) == 1 else self.model.xp.concatenate(out)
 
     def close(self):

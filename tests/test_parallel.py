@@ -38,34 +38,37 @@ def test_parallel_step_equals_serial_step_in_float64(threads, batch):
 
 
 def test_chunks_cover_the_batch_in_order():
-    runner = DataParallel(LeNet5(), threads=2, min_chunk=48, max_chunk=128)
+    runner = DataParallel(LeNet5(), threads=2, split_at=96, max_chunk=128)
     try:
         assert runner.chunks(32) == [(0, 32)]  # too small to split
+        assert runner.chunks(128) == [(0, 64), (64, 128)]
         assert runner.chunks(256) == [(0, 128), (128, 256)]
         for n in (1, 47, 96, 97, 255, 1000, 1024):
             chunks = runner.chunks(n)
             assert chunks[0][0] == 0 and chunks[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
             assert max(hi - lo for lo, hi in chunks) <= 128
-            assert len(chunks) == 1 or len(chunks) % 2 == 0
+            assert (len(chunks) == 1) == (n < 96)
     finally:
         runner.close()
 
 
-def test_parallel_steps_are_repeatable_bit_for_bit():
+@pytest.mark.parametrize("batch", [200, 512])
+def test_steps_are_the_same_bit_for_bit_whatever_the_threads(batch):
     rng = np.random.default_rng(1)
-    x, y = rng.random((512, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 512)
+    x, y = rng.random((batch, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, batch)
     states = []
-    for _ in range(2):
+    for threads in (2, 2, 1, 3):
         model = LeNet5(seed=2)
-        runner = DataParallel(model, 2)
+        runner = DataParallel(model, threads)
         opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
         for _ in range(3):
             runner.train_step(opt, x, y)
         runner.close()
         states.append(model.state_dict())
-    for k in states[0]:
-        np.testing.assert_array_equal(states[0][k], states[1][k])
+    for state in states[1:]:
+        for k in states[0]:
+            np.testing.assert_array_equal(states[0][k], state[k])
 
 
 def test_settings_are_restored_after_a_parallel_step():
