@@ -45,12 +45,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress")}
+    options = {k: v for k, v in vars(args).items() if k != "no_progress"}
     options["out"] = args.out or f"runs/{args.dataset}"
     if args.epochs is None and not args.resume:
         options["epochs"] = DEFAULTS.epochs
     config = TrainConfig(**options, progress=not args.no_progress)
-    config.resume = args.resume
     try:
         fit(config)
     except TrainingInterrupted as e:

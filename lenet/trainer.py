@@ -54,6 +54,7 @@ class TrainConfig:
     threads: int = None  # CPU threads for data parallelism; None: every core on NumPy (parallel.py)
     out: str = "runs/fashion-mnist"
     progress: bool = True
+    resume: bool = False  # continue the run saved in `out` (not stored: a resumed run is no different)
 
     def check(self):
         if self.epochs < 1:
@@ -127,7 +128,7 @@ def fit(config, log=print):
     out = Path(config.out)
     last_path, best_path = out / "last.npz", out / "best_model.npz"
     resume_state = None
-    if getattr(config, "resume", False):
+    if config.resume:
         config, resume_state = _resume(config, last_path)
     config.check()
     xp = get_backend(config.backend)
@@ -169,7 +170,7 @@ def fit(config, log=print):
     meta_common = {
         "dataset": config.dataset,
         "class_names": list(class_names),
-        "train_config": {k: v for k, v in dataclasses.asdict(config).items() if k != "resume"},
+        "train_config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("resume", "progress")},
     }
     steps_per_epoch = num_batches(len(train_idx), config.batch_size)
     epoch = first_epoch - 1
@@ -189,11 +190,9 @@ def fit(config, log=print):
                     correct += hits
                 train_loss, train_acc = float(total_loss) / len(train_idx), int(correct) / len(train_idx)
                 if not math.isfinite(train_loss):
+                    kept = f". The best weights so far are in {best_path}" if best_path.exists() else ""
                     raise LenetError(
-                        f"training diverged: the loss became {train_loss} in epoch {epoch}; try a lower --lr. "
-                        f"The best weights so far are in {best_path}"
-                        if best_path.exists()
-                        else f"training diverged: the loss became {train_loss} in epoch {epoch}; try a lower --lr"
+                        f"training diverged: the loss became {train_loss} in epoch {epoch}; try a lower --lr{kept}"
                     )
                 val_loss, val_acc = evaluate(runner, x_val, y_val)
             seconds = time.perf_counter() - start
@@ -229,6 +228,8 @@ def fit(config, log=print):
             if done >= 1
             else f"interrupted in epoch {epoch}, before any epoch finished; nothing to resume"
         ) from None
+    finally:
+        runner.close()
     df = _finish(history, out)
     log(f"best validation accuracy {best_val_acc:.4f}; weights in {best_path}")
     return df
