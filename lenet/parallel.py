@@ -50,11 +50,12 @@ class DataParallel:
     """Runs training steps and inference of `model` on `threads` threads, over chunks of each batch.
 
     A batch of at least `split_at` images is cut into two chunks or more, of at most `max_chunk` images
-    (below split_at one thread is as fast, beyond max_chunk the buffers fall out of cache). A batch of
-    one chunk is exactly model.forward, backward and optimizer.step.
+    (beyond max_chunk the buffers fall out of cache). Measured at batch 32, two threads on 16 images each
+    trained 1.3x and inferred 2x faster than one thread on 32. A batch of one chunk is exactly
+    model.forward, backward and optimizer.step.
     """
 
-    def __init__(self, model, threads=2, split_at=96, max_chunk=128):
+    def __init__(self, model, threads=2, split_at=32, max_chunk=128):
         self.model, self.threads = model, threads
         # A GPU wants the whole batch in one go: no chunks there.
         self.split_at, self.max_chunk = (split_at, max_chunk) if model.xp is np else (None, None)
@@ -92,8 +93,11 @@ class DataParallel:
             if threads == 1:
                 return [work(0, c) for c in range(n_chunks)]
 
+            errors = np.geterr()  # np.errstate is per thread: carry the caller's into the workers
+
             def share(t):
-                return [work(t, c) for c in range(t, n_chunks, threads)]
+                with np.errstate(**errors):
+                    return [work(t, c) for c in range(t, n_chunks, threads)]
 
             per_thread = list(self._pool.map(share, range(threads)))
         return [per_thread[c % threads][c // threads] for c in range(n_chunks)]

@@ -38,17 +38,18 @@ def test_parallel_step_equals_serial_step_in_float64(threads, batch):
 
 
 def test_chunks_cover_the_batch_in_order():
-    runner = DataParallel(LeNet5(), threads=2, split_at=96, max_chunk=128)
+    runner = DataParallel(LeNet5(), threads=2, split_at=32, max_chunk=128)
     try:
-        assert runner.chunks(32) == [(0, 32)]  # too small to split
+        assert runner.chunks(31) == [(0, 31)]  # too small to split
+        assert runner.chunks(32) == [(0, 16), (16, 32)]
         assert runner.chunks(128) == [(0, 64), (64, 128)]
         assert runner.chunks(256) == [(0, 128), (128, 256)]
-        for n in (1, 47, 96, 97, 255, 1000, 1024):
+        for n in (1, 31, 32, 47, 96, 97, 255, 1000, 1024):
             chunks = runner.chunks(n)
             assert chunks[0][0] == 0 and chunks[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
             assert max(hi - lo for lo, hi in chunks) <= 128
-            assert (len(chunks) == 1) == (n < 96)
+            assert (len(chunks) == 1) == (n < 32)
     finally:
         runner.close()
 
