@@ -50,12 +50,13 @@ class DataParallel:
     """Runs training steps and inference of `model` on `threads` threads, over chunks of each batch.
 
     A batch of at least `split_at` images is cut into two chunks or more, of at most `max_chunk` images
-    (beyond max_chunk the buffers fall out of cache). Measured at batch 32, two threads on 16 images each
-    trained 1.3x and inferred 2x faster than one thread on 32. A batch of one chunk is exactly
-    model.forward, backward and optimizer.step.
+    (beyond max_chunk the buffers fall out of cache). At batch 32 two threads on 16 images each won in a
+    loop over one batch (1.3x) but lost in real epochs of train.py (10.2 s against 7.5 s, interleaved), so
+    batches under 96 run on one thread. A batch of one chunk is exactly model.forward, backward and
+    optimizer.step.
     """
 
-    def __init__(self, model, threads=2, split_at=32, max_chunk=128):
+    def __init__(self, model, threads=2, split_at=96, max_chunk=128):
         self.model, self.threads = model, threads
         # A GPU wants the whole batch in one go: no chunks there.
         self.split_at, self.max_chunk = (split_at, max_chunk) if model.xp is np else (None, None)

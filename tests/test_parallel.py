@@ -38,10 +38,10 @@ def test_parallel_step_equals_serial_step_in_float64(threads, batch):
 
 
 def test_chunks_cover_the_batch_in_order():
-    runner = DataParallel(LeNet5(), threads=2, split_at=32, max_chunk=128)
+    runner = DataParallel(LeNet5(), threads=2, split_at=96, max_chunk=128)
     try:
-        assert runner.chunks(31) == [(0, 31)]  # too small to split
-        assert runner.chunks(32) == [(0, 16), (16, 32)]
+        assert runner.chunks(95) == [(0, 95)]  # too small to split
+        assert runner.chunks(96) == [(0, 48), (48, 96)]
         assert runner.chunks(128) == [(0, 64), (64, 128)]
         assert runner.chunks(256) == [(0, 128), (128, 256)]
         for n in (1, 31, 32, 47, 96, 97, 255, 1000, 1024):
@@ -49,7 +49,7 @@ def test_chunks_cover_the_batch_in_order():
             assert chunks[0][0] == 0 and chunks[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
             assert max(hi - lo for lo, hi in chunks) <= 128
-            assert (len(chunks) == 1) == (n < 32)
+            assert (len(chunks) == 1) == (n < 96)
     finally:
         runner.close()
 
@@ -83,3 +83,19 @@ def test_settings_are_restored_after_a_parallel_step():
     runner.train_step(SGD(model.parameters(), lr=0.1), np.zeros((256, 1, 28, 28), np.float32), np.zeros(256, int))
     runner.close()
     assert (sys.getswitchinterval(), [p["num_threads"] for p in threadpool_info()]) == before
+
+
+def test_the_callers_errstate_holds_in_the_worker_threads():
+    """train.py ignores overflow warnings and checks the loss by value; the threads must do the same."""
+    model = LeNet5()
+    model.f7.weight.data[...] = 3e38  # logits overflow to inf: the loss becomes nan
+    runner = DataParallel(model, 2)
+    try:
+        assert len(runner.chunks(128)) == 2
+        with np.errstate(all="ignore"):
+            loss, _ = runner.train_step(
+                SGD(model.parameters(), lr=0.1), np.ones((128, 1, 28, 28), np.float32), np.zeros(128, int)
+            )
+        assert not np.isfinite(float(loss))
+    finally:
+        runner.close()
