@@ -15,6 +15,7 @@ spin while they wait, and on a machine where anything else ran they slowed train
 """
 
 import contextlib
+import ctypes
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,26 @@ def one_thread_blas():
     return _blas.limit(limits=1, user_api="blas")
 
 
+def keep_freed_memory():
+    """Ask glibc's malloc to keep freed blocks of up to 32 MiB for reuse instead of handing them back to the OS.
+
+    By default glibc gives every freed block over 128 KiB back at once (mmap/munmap), so each of a step's
+    im2col buffers is fresh memory whose pages fault in on first touch. In a fresh process this halved
+    throughput at batch 32 (training 4,000 -> 8,500 images/s, inference 9,000 -> 22,000 with it). glibc
+    raises the threshold by itself once large blocks have been freed, which is why train.py, after loading
+    the data, was fast without it; this makes every process fast. Linux with glibc only; elsewhere a no-op.
+    Returns whether the setting took.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
+
+
 def default_threads(xp):
     """Threads for data parallelism: one per core on NumPy, 1 on CuPy (the GPU is one device)."""
     if xp is not np:
@@ -58,6 +79,8 @@ class DataParallel:
 
     def __init__(self, model, threads=2, split_at=96, max_chunk=128):
         self.model, self.threads = model, threads
+        if model.xp is np:
+            keep_freed_memory()
         # A GPU wants the whole batch in one go: no chunks there.
         self.split_at, self.max_chunk = (split_at, max_chunk) if model.xp is np else (None, None)
         self.replicas = [model] + [model.replica() for _ in range(threads - 1)]

@@ -99,3 +99,16 @@ def test_the_callers_errstate_holds_in_the_worker_threads():
         assert not np.isfinite(float(loss))
     finally:
         runner.close()
+
+
+def test_keep_freed_memory_is_safe_to_call_again():
+    import sys
+
+    from lenet.parallel import keep_freed_memory
+
+    first, second = keep_freed_memory(), keep_freed_memory()
+    assert first == second  # idempotent: the same answer each time
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        assert first == hasattr(ctypes.CDLL(None), "mallopt")
