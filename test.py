@@ -15,6 +15,7 @@ from lenet.checkpoint import model_from_checkpoint
 from lenet.cli import ArgumentParser, run_main
 from lenet.data import load_dataset
 from lenet.errors import LenetError
+from lenet.parallel import DataParallel, default_threads
 from lenet.plots import plot_confusion_matrix, plot_images
 
 
@@ -37,7 +38,9 @@ def main(argv=None):
     dataset = meta.get("dataset", "fashion-mnist")
     images, labels, class_names = load_dataset(dataset, "test", data_dir=args.data_dir)
     images = images.astype(model.dtype)
-    predicted = to_numpy(model.predict(xp.asarray(images)))
+    runner = DataParallel(model, default_threads(xp))
+    predicted = to_numpy(runner.predict(xp.asarray(images)))
+    runner.close()
 
     accuracy = float((predicted == labels).mean())
     print(f"checkpoint {args.checkpoint}: epoch {meta.get('epoch')}, validation accuracy {meta.get('val_acc', 0):.4f}")

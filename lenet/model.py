@@ -139,11 +139,6 @@ class LeNet5:
             d = layer.backward(d)
         return d
 
-    def predict(self, x, batch_size=1024):
-        """Class indices (N,) for images x, in batches so memory stays small."""
-        out = [self.forward(x[i : i + batch_size]).argmax(axis=1) for i in range(0, x.shape[0], batch_size)]
-        return self.xp.concatenate(out) if out else self.xp.zeros(0, dtype=np.int64)
-
     # -- parameters -----------------------------------------------------------------------------
     def named_parameters(self):
         """[(name, Parameter)] in PyTorch's order: c1.weight, c1.bias, ..., f7.bias."""

@@ -79,17 +79,17 @@ class DataParallel:
 
     def __init__(self, model, threads=2, split_at=96, max_chunk=128):
         self.model, self.threads = model, threads
-        if model.xp is np:
+        self.on_cpu = model.xp is np  # a GPU wants the whole batch in one go, and has no BLAS threads to tame
+        if self.on_cpu:
             keep_freed_memory()
-        # A GPU wants the whole batch in one go: no chunks there.
-        self.split_at, self.max_chunk = (split_at, max_chunk) if model.xp is np else (None, None)
+        self.split_at, self.max_chunk = split_at, max_chunk
         self.replicas = [model] + [model.replica() for _ in range(threads - 1)]
         self.loss_fns = [SoftmaxCrossEntropy() for _ in range(threads)]
         self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def chunks(self, n):
         """[(start, stop)] of the chunks of a batch of n images; depends on n only, not on the threads."""
-        if self.max_chunk is None or n < self.split_at:
+        if not self.on_cpu or n < self.split_at:
             return [(0, n)]
         k = max(2, -(-n // self.max_chunk))
         bounds = [round(i * n / k) for i in range(k + 1)]
@@ -98,7 +98,7 @@ class DataParallel:
     @contextlib.contextmanager
     def _settings(self, parallel):
         """Process-wide settings that hold only during a step: a one-thread BLAS (NumPy), a short switch interval."""
-        if self.model.xp is not np:
+        if not self.on_cpu:
             yield
             return
         old = sys.getswitchinterval()
@@ -160,6 +160,11 @@ class DataParallel:
         chunks = self.chunks(x.shape[0])
         out = self._map(lambda r, c: self.replicas[r].forward(x[chunks[c][0] : chunks[c][1]]), len(chunks))
         return out[0] if len(out) == 1 else self.model.xp.concatenate(out)
+
+    def predict(self, x, batch_size=1024):
+        """Class indices (N,) for images x, a batch of batch_size at a time so memory stays small."""
+        out = [self.forward(x[i : i + batch_size]).argmax(axis=1) for i in range(0, x.shape[0], batch_size)]
+        return self.model.xp.concatenate(out) if out else self.model.xp.zeros(0, dtype=np.int64)
 
     def close(self):
         if self._pool is not None:
