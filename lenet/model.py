@@ -20,10 +20,10 @@ import numpy as np
 
 from .backend import backend_name, get_array_module, get_backend, to_numpy
 from .errors import LenetError
-from .layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
+from .layers import ConvPool, Flatten, Linear, ReLU, Sigmoid, Tanh
 
 ACTIVATIONS = {"sigmoid": Sigmoid, "relu": ReLU, "tanh": Tanh}
-POOLS = {"avg": AvgPool2d, "max": MaxPool2d}
+POOLS = ("avg", "max")
 DTYPES = ("float32", "float64")
 INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
@@ -80,16 +80,19 @@ class LeNet5:
         self._build({k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_weights(activation, seed).items()})
 
     def _build(self, w):
-        """The layer stack around the weight arrays `w` (used as they are, not copied)."""
-        act, pool = ACTIVATIONS[self.activation], POOLS[self.pool]
-        self.c1 = Conv2d(w["c1.weight"], w["c1.bias"], padding=2, input_grad=False)
-        self.c3 = Conv2d(w["c3.weight"], w["c3.bias"])
+        """The layer stack around the weight arrays `w` (used as they are, not copied).
+
+        Each convolution stage (conv, activation, 2x2 pooling) is one ConvPool layer, named after its parts.
+        """
+        act = ACTIVATIONS[self.activation]
+        self.c1 = ConvPool(w["c1.weight"], w["c1.bias"], act(), self.pool, padding=2, input_grad=False)
+        self.c3 = ConvPool(w["c3.weight"], w["c3.bias"], act(), self.pool)
         self.f5 = Linear(w["f5.weight"], w["f5.bias"])
         self.f6 = Linear(w["f6.weight"], w["f6.bias"])
         self.f7 = Linear(w["f7.weight"], w["f7.bias"])
         self.layers = [
-            ("c1", self.c1), ("act1", act()), ("s2", pool(2)),
-            ("c3", self.c3), ("act3", act()), ("s4", pool(2)),
+            ("c1+act1+s2", self.c1),
+            ("c3+act3+s4", self.c3),
             ("flatten", Flatten()),
             ("f5", self.f5), ("act5", act()),
             ("f6", self.f6), ("act6", act()),
@@ -181,7 +184,10 @@ class LeNet5:
         rows = [line, f"{'Layer (type)':>25}  {'Output Shape':>20} {'Param #':>15}", "=" * 64]
         shape = (1, *INPUT_SHAPE)
         counts = {}
+        parts = []  # a ConvPool layer "c1+act1+s2" is three rows
         for name, layer in self.layers:
+            parts += zip(name.split("+"), layer.parts() if isinstance(layer, ConvPool) else [layer], strict=True)
+        for name, layer in parts:
             shape = layer.output_shape(shape)
             kind = type(layer).__name__
             counts[kind] = counts.get(kind, 0) + 1

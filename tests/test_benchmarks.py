@@ -42,7 +42,7 @@ def test_layers_tiny_prints_every_layer_and_writes_csv(tmp_path):
     assert done.returncode == 0, done.stderr
     with open(tmp_path / "layers.csv", newline="") as f:
         parts = [r["part"] for r in csv.DictReader(f)]
-    assert parts == ["c1", "act1", "s2", "c3", "act3", "s4", "flatten", "f5", "act5", "f6", "act6", "f7", "loss", "sgd"]
+    assert parts == ["c1+act1+s2", "c3+act3+s4", "flatten", "f5", "act5", "f6", "act6", "f7", "loss", "sgd"]
     assert "total" in done.stdout
 
 

@@ -5,7 +5,18 @@ import pytest
 from gradcheck import assert_grad_close, numerical_grad
 
 from lenet.backend import to_numpy
-from lenet.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
+from lenet.layers import (
+    AvgPool2d,
+    Conv2d,
+    ConvPool,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sigmoid,
+    SoftmaxCrossEntropy,
+    Tanh,
+)
 
 
 def check_layer(layer, x, xp, rng, check_input=True):
@@ -158,6 +169,67 @@ def test_maxpool_gives_a_tied_window_gradient_once(xp):
     out = layer.forward(xp.zeros((1, 1, 2, 2)))  # all four tie: the gradient goes to the first, as in PyTorch
     dx = to_numpy(layer.backward(xp.ones_like(out)))
     np.testing.assert_array_equal(dx, [[[[1.0, 0.0], [0.0, 0.0]]]])
+
+
+CONVPOOL_CASES = [  # (C, F, H, W, K, pad): LeNet's two stages, an odd conv output (pooling drops a row), 3x3
+    (1, 6, 28, 28, 5, 2),
+    (6, 16, 14, 14, 5, 0),
+    (2, 3, 9, 8, 3, 0),
+    (3, 2, 6, 7, 3, 1),
+]
+CONVPOOL_IDS = ["C{}F{}H{}W{}K{}p{}".format(*c) for c in CONVPOOL_CASES]
+STAGES = [(Sigmoid, "avg"), (Tanh, "avg"), (ReLU, "max"), (Sigmoid, "max")]
+
+
+@pytest.mark.parametrize("case", CONVPOOL_CASES[1:], ids=CONVPOOL_IDS[1:])
+@pytest.mark.parametrize("act", [Sigmoid, Tanh])
+def test_convpool_gradients(xp, rng, case, act):
+    c, f, h, w, k, pad = case
+    wt, b = xp.asarray(rng.standard_normal((f, c, k, k)) * 0.3), xp.asarray(rng.standard_normal(f))
+    check_layer(ConvPool(wt, b, act(), "avg", padding=pad), xp.asarray(rng.standard_normal((2, c, h, w))), xp, rng)
+
+
+@pytest.mark.parametrize("case", CONVPOOL_CASES, ids=CONVPOOL_IDS)
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: f"{s[0].__name__}-{s[1]}")
+def test_convpool_equals_conv_activation_pool(xp, rng, case, stage):
+    """Forward, dx and parameter gradients as Conv2d -> activation -> pooling give them, float64."""
+    c, f, h, w, k, pad = case
+    act, pool = stage
+    wt, b = xp.asarray(rng.standard_normal((f, c, k, k)) * 0.3), xp.asarray(rng.standard_normal(f))
+    x = xp.asarray(rng.standard_normal((3, c, h, w)))
+    fused = ConvPool(wt, b, act(), pool, padding=pad)
+    conv = Conv2d(wt, b, padding=pad)
+    chain = [conv, act(), AvgPool2d(2) if pool == "avg" else MaxPool2d(2)]
+    out = fused.forward(x)
+    expected = x
+    for layer in chain:
+        expected = layer.forward(expected)
+    assert out.shape == expected.shape == fused.output_shape(x.shape)
+    np.testing.assert_allclose(to_numpy(out), to_numpy(expected), rtol=1e-12, atol=1e-14)
+    upstream = xp.asarray(rng.standard_normal(out.shape))
+    dx, expected_dx = fused.backward(upstream), upstream
+    for layer in reversed(chain):
+        expected_dx = layer.backward(expected_dx)
+    np.testing.assert_allclose(to_numpy(dx), to_numpy(expected_dx), rtol=1e-11, atol=1e-13)
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(
+            to_numpy(fused.params[name].grad), to_numpy(conv.params[name].grad), rtol=1e-11, atol=1e-13
+        )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_convpool_keeps_dtype_and_skips_input_grad_when_asked(xp, rng, dtype):
+    wt, b = xp.asarray(rng.standard_normal((6, 1, 5, 5)), dtype=dtype), xp.zeros(6, dtype=dtype)
+    layer = ConvPool(wt, b, Sigmoid(), padding=2, input_grad=False)
+    out = layer.forward(xp.asarray(rng.standard_normal((2, 1, 28, 28)), dtype=dtype))
+    assert out.dtype == dtype and out.shape == (2, 6, 14, 14)
+    assert layer.backward(xp.ones_like(out)) is None
+    assert layer.weight.grad.dtype == dtype and layer.bias.grad.dtype == dtype
+
+
+def test_convpool_refuses_even_kernels(xp):
+    with pytest.raises(ValueError, match="odd kernel"):
+        ConvPool(xp.zeros((2, 1, 4, 4)), xp.zeros(2), Sigmoid())
 
 
 def test_linear_gradients(xp, rng):
