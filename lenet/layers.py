@@ -100,6 +100,10 @@ class Linear(Layer):
     def backward(self, dout):
         self.weight.grad = dout.T @ self.x  # (out, in)
         self.bias.grad = dout.sum(axis=0)
+        if self.x.flags.f_contiguous and not self.x.flags.c_contiguous:
+            # x is a batch-last view (F5's input from ConvPool): give dx the same memory order, so the layer
+            # below reads it without a transposing copy.
+            return (self.weight.data.T @ dout.T).T  # (N, in) view of (in, N) memory
         return dout @ self.weight.data  # (N, in)
 
 
@@ -325,11 +329,13 @@ class ConvPool(Layer):
         """(4F, C*(KH+1)*(KW+1) + 1): row (dy*2 + dx)*F + f is filter f shifted by (dy, dx), then its bias."""
         xp = get_array_module(self.weight.data)
         f, c, kh, kw = self.weight.shape
-        grid = xp.zeros((2, 2, f, c, kh + 1, kw + 1), dtype=self.weight.data.dtype)
+        wb = xp.zeros((4, f, c * (kh + 1) * (kw + 1) + 1), dtype=self.weight.data.dtype)
+        grid = wb[:, :, :-1].reshape(2, 2, f, c, kh + 1, kw + 1)  # a view: (dy, dx, F, C, KH+1, KW+1)
         for dy in range(2):
             for dx in range(2):
                 grid[dy, dx, :, :, dy : dy + kh, dx : dx + kw] = self.weight.data
-        return xp.concatenate([grid.reshape(4 * f, -1), xp.tile(self.bias.data, 4)[:, None]], axis=1)
+        wb[:, :, -1] = self.bias.data
+        return wb.reshape(4 * f, -1)
 
     def _columns(self, x):
         """x (N, C, H, W) -> (C*(KH+1)*(KW+1) + 1, OH/2*OW/2*N): each block's input patch, then a row of ones."""
@@ -372,8 +378,11 @@ class ConvPool(Layer):
             da = (self.winner[None] == xp.arange(4)[:, None, None]) * dout  # (4, F, P)
         dz = self.activation.backward(da).reshape(4 * f, -1)  # (4F, P)
         dwb = dz @ cols.T  # (4F, C*(KH+1)*(KW+1) + 1)
-        grid = dwb[:, :-1].reshape(2, 2, f, -1, kh + 1, kw + 1)
-        self.weight.grad = sum(grid[dy, dx, :, :, dy : dy + kh, dx : dx + kw] for dy in range(2) for dx in range(2))
+        grid = dwb[:, :-1].reshape(2, 2, f, -1, kh + 1, kw + 1)  # each filter's four shifted copies
+        dw = grid[0, 0, :, :, :kh, :kw] + grid[0, 1, :, :, :kh, 1:]
+        dw += grid[1, 0, :, :, 1:, :kw]
+        dw += grid[1, 1, :, :, 1:, 1:]
+        self.weight.grad = dw
         self.bias.grad = dwb[:, -1].reshape(4, f).sum(axis=0)
         if not self.input_grad:
             return None

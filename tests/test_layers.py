@@ -237,6 +237,17 @@ def test_linear_gradients(xp, rng):
     check_layer(layer, xp.asarray(rng.standard_normal((4, 5))), xp, rng)
 
 
+def test_linear_gives_a_batch_last_input_a_batch_last_gradient(xp, rng):
+    layer = Linear(xp.asarray(rng.standard_normal((7, 5))), xp.asarray(rng.standard_normal(7)))
+    memory = xp.asarray(rng.standard_normal((5, 4)))  # (in, N): the input is its transpose, as F5 gets it
+    upstream = xp.asarray(rng.standard_normal((4, 7)))
+    layer.forward(memory.T)
+    dx = layer.backward(upstream)
+    assert dx.shape == (4, 5) and dx.T.flags.c_contiguous
+    numeric = numerical_grad(lambda: (layer.forward(memory.T) * upstream).sum(), memory)
+    assert_grad_close(dx.T, numeric, "Linear batch-last input")
+
+
 def test_flatten_gradients(xp, rng):
     check_layer(Flatten(), xp.asarray(rng.standard_normal((2, 3, 4, 5))), xp, rng)
 
