@@ -227,6 +227,27 @@ def test_convpool_keeps_dtype_and_skips_input_grad_when_asked(xp, rng, dtype):
     assert layer.weight.grad.dtype == dtype and layer.bias.grad.dtype == dtype
 
 
+def test_convpool_reuses_its_scratch_arrays_safely(xp, rng):
+    """Outputs and gradients do not alias the arrays the layer keeps: a later call, of another batch size
+    too, leaves earlier results unchanged, and every call matches a fresh layer."""
+    wt, b = xp.asarray(rng.standard_normal((4, 2, 5, 5))), xp.asarray(rng.standard_normal(4))
+    layer = ConvPool(wt, b, Sigmoid(), padding=2)
+    results = []
+    for n in (3, 5, 3):
+        x = xp.asarray(rng.standard_normal((n, 2, 12, 12)))
+        out = layer.forward(x)
+        upstream = xp.asarray(rng.standard_normal(out.shape))
+        dx = layer.backward(upstream)
+        fresh = ConvPool(wt, b, Sigmoid(), padding=2)
+        np.testing.assert_array_equal(to_numpy(out), to_numpy(fresh.forward(x)))
+        np.testing.assert_array_equal(to_numpy(dx), to_numpy(fresh.backward(upstream)))
+        np.testing.assert_array_equal(to_numpy(layer.weight.grad), to_numpy(fresh.weight.grad))
+        results.append((out, out.copy(), dx, dx.copy(), layer.weight.grad, layer.weight.grad.copy()))
+    for kept in results:
+        for now, then in zip(kept[::2], kept[1::2], strict=True):
+            np.testing.assert_array_equal(to_numpy(now), to_numpy(then))
+
+
 def test_convpool_refuses_even_kernels(xp):
     with pytest.raises(ValueError, match="odd kernel"):
         ConvPool(xp.zeros((2, 1, 4, 4)), xp.zeros(2), Sigmoid())
