@@ -71,10 +71,11 @@ class DataParallel:
     """Runs training steps and inference of `model` on `threads` threads, over chunks of each batch.
 
     A batch of at least `split_at` images is cut into two chunks or more, of at most `max_chunk` images
-    (beyond max_chunk the buffers fall out of cache). At batch 32 two threads on 16 images each won in a
-    loop over one batch (1.3x) but lost in real epochs of train.py (10.2 s against 7.5 s, interleaved), so
-    batches under 96 run on one thread. A batch of one chunk is exactly model.forward, backward and
-    optimizer.step.
+    (beyond max_chunk the buffers fall out of cache). Batches under 96 run on one thread: at 16 images a
+    chunk's many short NumPy calls hold the GIL most of the time, so two threads on 16 images each were no
+    faster than one thread on 32 (measured again with ConvPool: 7,300-8,800 against 7,300-9,100 images/s;
+    two unsynchronized threads at 16 images scaled only 1.0-1.3x, at 128 images 1.5-1.8x). A batch of one
+    chunk is exactly model.forward, backward and optimizer.step.
     """
 
     def __init__(self, model, threads=2, split_at=96, max_chunk=128):
