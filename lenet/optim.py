@@ -20,6 +20,8 @@ class Optimizer:
         if not lr > 0:
             raise LenetError(f"learning rate must be positive, got {lr}")
         self.params = list(params)
+        if not self.params:
+            raise LenetError("the optimizer got no parameters")
         self.lr = lr
         self.steps = 0
         self.xp = get_array_module(self.params[0].data)
