@@ -22,13 +22,18 @@ def output_size(size, kernel, stride, pad):
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def batch_last(x, pad=0):
-    """(N, C, H, W) -> (C, H+2p, W+2p, N) memory, zero-padded. No copy if x is a batch-last view and pad is 0."""
+def batch_last(x, pad=0, out=None):
+    """(N, C, H, W) -> (C, H+2p, W+2p, N) memory, zero-padded. No copy if x is a batch-last view and pad is 0.
+
+    With `out` (C, H+2p, W+2p, N) whose border is already zero, only the interior is written (a layer that
+    keeps its padded input from call to call zeroes the border once).
+    """
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    if pad == 0:
+    if pad == 0 and out is None:
         return xp.ascontiguousarray(x.transpose(1, 2, 3, 0))
-    out = xp.zeros((c, h + 2 * pad, w + 2 * pad, n), dtype=x.dtype)
+    if out is None:
+        out = xp.zeros((c, h + 2 * pad, w + 2 * pad, n), dtype=x.dtype)
     out[:, pad : pad + h, pad : pad + w, :] = x.transpose(1, 2, 3, 0)
     return out
 

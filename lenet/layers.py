@@ -215,6 +215,10 @@ class _Pool2d(Layer):
         n, c, h, w = x_shape
         return col2im(dcols, (n * c, 1, h, w), self.k, self.k, self.s).reshape(x_shape)
 
+    # Stacked windows: a (K*K, ...) array whose K*K slabs are the window positions in row-major order (ConvPool
+    # computes its convolution that way), pooled over the first axis. backward_stacked(dout) takes the pooled
+    # gradient (...) and returns one that broadcasts against the stack.
+
 
 class AvgPool2d(_Pool2d):
     """Average over each KxK window. x (N, C, H, W) -> (N, C, OH, OW).
@@ -250,6 +254,16 @@ class AvgPool2d(_Pool2d):
             for j in range(k):
                 tiles[:, :, :, i, :, j] = share
         return dx
+
+    def forward_stacked(self, a):
+        out = a[0] + a[1]
+        for slab in a[2:]:
+            out += slab
+        out *= out.dtype.type(1.0 / (self.k * self.k))
+        return out
+
+    def backward_stacked(self, dout):
+        return (dout * dout.dtype.type(1.0 / (self.k * self.k)))[None]  # the same share for every position
 
 
 class MaxPool2d(_Pool2d):
@@ -287,6 +301,16 @@ class MaxPool2d(_Pool2d):
         for pos in range(self.k * self.k):
             tiles[:, :, :, pos // self.k, :, pos % self.k] = dout * (self.winner == pos)
         return dx
+
+    def forward_stacked(self, a):
+        xp = get_array_module(a)
+        self.stacked_winner = a.argmax(axis=0)  # the first maximum, as forward takes it
+        return xp.take_along_axis(a, self.stacked_winner[None], axis=0)[0]
+
+    def backward_stacked(self, dout):
+        xp = get_array_module(dout)
+        positions = xp.arange(self.k * self.k).reshape((-1,) + (1,) * dout.ndim)
+        return (positions == self.stacked_winner[None]) * dout  # the whole gradient to the winner
 
 
 class ConvPool(Layer):
@@ -346,8 +370,7 @@ class ConvPool(Layer):
         _, _, kh, kw = self.weight.shape
         p = self.padding
         if p:  # (C, H+2p, W+2p, N): the border is zeroed once, when the array is made
-            xb = self._scratch("padded", (c, h + 2 * p, w + 2 * p, n), x.dtype, xp, zeros=True)
-            xb[:, p : p + h, p : p + w, :] = x.transpose(1, 2, 3, 0)
+            xb = batch_last(x, p, out=self._scratch("padded", (c, h + 2 * p, w + 2 * p, n), x.dtype, xp, zeros=True))
         else:
             xb = batch_last(x)  # no copy if x is a batch-last view
         win = windows(xb, kh + 1, kw + 1, stride=2)  # (C, KH+1, KW+1, OH/2, OW/2, N), a view
@@ -367,7 +390,7 @@ class ConvPool(Layer):
         layer's next forward replaces its cache.
         """
         buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype or get_array_module(buf) is not xp:
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
             buf = self._buffers[name] = (xp.zeros if zeros else xp.empty)(shape, dtype=dtype)
         return buf
 
@@ -380,14 +403,7 @@ class ConvPool(Layer):
         xp.matmul(wb, cols, out=z)
         z = z.reshape(4, f, -1)  # (4, F, OH/2*OW/2*N): the four pixels (dy, dx) of each block
         a = self.activation.forward(z, out=z)  # in place: the product is this layer's own scratch array
-        if isinstance(self.pool, AvgPool2d):
-            out = a[0] + a[1]
-            out += a[2]
-            out += a[3]
-            out *= out.dtype.type(0.25)
-        else:
-            self.winner = a.argmax(axis=0)  # the first maximum in (dy, dx) order, as MaxPool2d takes it
-            out = xp.take_along_axis(a, self.winner[None], axis=0)[0]
+        out = self.pool.forward_stacked(a)  # (F, OH/2*OW/2*N)
         self.cache = (x.shape, padded_shape, cols, wb)
         return out.reshape(f, oh, ow, n).transpose(3, 0, 1, 2)  # (N, F, OH/2, OW/2) view of batch-last memory
 
@@ -395,11 +411,8 @@ class ConvPool(Layer):
         xp = get_array_module(dout)
         x_shape, padded_shape, cols, wb = self.cache
         f, _, kh, kw = self.weight.shape
-        dout = dout.transpose(1, 2, 3, 0).reshape(1, f, -1)  # (1, F, OH/2*OW/2*N); a view when batch-last
-        if isinstance(self.pool, AvgPool2d):
-            da = dout * dout.dtype.type(0.25)  # broadcast over the four block positions
-        else:
-            da = (self.winner[None] == xp.arange(4)[:, None, None]) * dout  # (4, F, P)
+        dout = dout.transpose(1, 2, 3, 0).reshape(f, -1)  # (F, OH/2*OW/2*N); a view when batch-last
+        da = self.pool.backward_stacked(dout)  # (4, F, P), or (1, F, P) that broadcasts over the four
         dz = self.activation.backward(da, out=self._scratch("dz", (4, f, cols.shape[1]), da.dtype, xp))
         dz = dz.reshape(4 * f, -1)  # (4F, P)
         dwb = dz @ cols.T  # (4F, C*(KH+1)*(KW+1) + 1)

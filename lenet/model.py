@@ -183,14 +183,12 @@ class LeNet5:
         line = "-" * 64
         rows = [line, f"{'Layer (type)':>25}  {'Output Shape':>20} {'Param #':>15}", "=" * 64]
         shape = (1, *INPUT_SHAPE)
-        counts = {}
         parts = []  # a ConvPool layer "c1+act1+s2" is three rows
         for name, layer in self.layers:
             parts += zip(name.split("+"), layer.parts() if isinstance(layer, ConvPool) else [layer], strict=True)
         for name, layer in parts:
             shape = layer.output_shape(shape)
             kind = type(layer).__name__
-            counts[kind] = counts.get(kind, 0) + 1
             label = f"{kind}-{name}"
             shown = str([batch_size, *shape[1:]])
             rows.append(f"{label:>25}  {shown:>20} {layer.num_params():>15,}")

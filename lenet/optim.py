@@ -45,8 +45,12 @@ class Optimizer:
             p.data -= u
 
     def step(self):
+        """One update from every param.grad; L2 weight decay (both optimizers have it) is added here."""
         self.steps += 1
-        self.update(self.flat([p.grad for p in self.params]))
+        g = self.flat([p.grad for p in self.params])
+        if self.weight_decay:
+            g += self.weight_decay * self.flat([p.data for p in self.params])
+        self.update(g)
 
     # Optimizer state as {name.i: NumPy array, one per parameter} (for checkpoints) and back.
     def state_dict(self):
@@ -85,8 +89,6 @@ class SGD(Optimizer):
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
     def update(self, g):
-        if self.weight_decay:
-            g += self.weight_decay * self.flat([p.data for p in self.params])
         if self.momentum:
             v = self.state["velocity"]
             if v is None:
@@ -110,8 +112,6 @@ class Adam(Optimizer):
 
     def update(self, g):
         xp = self.xp
-        if self.weight_decay:
-            g += self.weight_decay * self.flat([p.data for p in self.params])
         if self.state["m"] is None:
             self.state["m"], self.state["v"] = xp.zeros_like(g), xp.zeros_like(g)
         m, v, t = self.state["m"], self.state["v"], self.steps
