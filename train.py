@@ -40,16 +40,19 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=positive_int, help="CPU threads for the numpy backend (default: one per core)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out (its options are kept)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-cuda-graphs", action="store_true", help="cupy: run every training step eagerly, not as a CUDA graph"
+    )
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k != "no_progress"}
+    options = {k: v for k, v in vars(args).items() if k not in ("no_progress", "no_cuda_graphs")}
     options["out"] = args.out or f"runs/{args.dataset}"
     if args.epochs is None and not args.resume:
         options["epochs"] = DEFAULTS.epochs
-    config = TrainConfig(**options, progress=not args.no_progress)
+    config = TrainConfig(**options, progress=not args.no_progress, cuda_graphs=not args.no_cuda_graphs)
     try:
         fit(config)
     except TrainingInterrupted as e:

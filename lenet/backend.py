@@ -84,6 +84,19 @@ def to_numpy(x):
     return np.asarray(x)
 
 
+def matmul(a, b, out=None):
+    """a (M, K) @ b (K, N), into out (M, N) if given. Layers multiply through this function so that, on CuPy,
+    a training step being recorded as a CUDA graph uses lenet's own kernel: CuPy refuses cuBLAS during capture
+    (see cuda.py)."""
+    if _cupy is not None and isinstance(a, _cupy.ndarray):
+        from . import cuda
+
+        if cuda.graph_mode:
+            return cuda.matmul(a, b, out)
+        return _cupy.matmul(a, b, out=out)
+    return np.matmul(a, b, out=out)
+
+
 def synchronize(xp):
     """Wait for the GPU to finish queued work (nothing to do on NumPy). For timing only."""
     if xp is not np:

@@ -10,7 +10,7 @@ dtype of its input and works on NumPy and CuPy arrays alike (`xp = get_array_mod
 
 import numpy as np
 
-from .backend import get_array_module
+from .backend import get_array_module, matmul
 from .im2col import batch_last, col2im, col2im_stride2, im2col, output_size, windows
 
 
@@ -63,7 +63,7 @@ class Conv2d(Layer):
         f, _, kh, kw = self.weight.shape
         n, _, oh, ow = self.output_shape(x.shape)
         cols = im2col(x, kh, kw, self.stride, self.padding)  # (C*KH*KW, OH*OW*N)
-        out = self.weight.data.reshape(f, -1) @ cols  # (F, OH*OW*N)
+        out = matmul(self.weight.data.reshape(f, -1), cols)  # (F, OH*OW*N)
         out += self.bias.data[:, None]
         self.cache = (x.shape, cols)
         # (F, OH, OW, N) memory seen as (N, F, OH, OW): no transpose copy on the way out.
@@ -73,11 +73,11 @@ class Conv2d(Layer):
         x_shape, cols = self.cache
         f, _, kh, kw = self.weight.shape
         dout = dout.transpose(1, 2, 3, 0).reshape(f, -1)  # (F, OH*OW*N); a view when dout is batch-last
-        self.weight.grad = (dout @ cols.T).reshape(self.weight.shape)
+        self.weight.grad = matmul(dout, cols.T).reshape(self.weight.shape)
         self.bias.grad = dout.sum(axis=1)
         if not self.input_grad:
             return None
-        dcols = self.weight.data.reshape(f, -1).T @ dout  # (C*KH*KW, OH*OW*N)
+        dcols = matmul(self.weight.data.reshape(f, -1).T, dout)  # (C*KH*KW, OH*OW*N)
         return col2im(dcols, x_shape, kh, kw, self.stride, self.padding)
 
 
@@ -93,18 +93,18 @@ class Linear(Layer):
 
     def forward(self, x):
         self.x = x
-        out = x @ self.weight.data.T
+        out = matmul(x, self.weight.data.T)
         out += self.bias.data
         return out
 
     def backward(self, dout):
-        self.weight.grad = dout.T @ self.x  # (out, in)
+        self.weight.grad = matmul(dout.T, self.x)  # (out, in)
         self.bias.grad = dout.sum(axis=0)
         if self.x.flags.f_contiguous and not self.x.flags.c_contiguous:
             # x is a batch-last view (F5's input from ConvPool): give dx the same memory order, so the layer
             # below reads it without a transposing copy.
-            return (self.weight.data.T @ dout.T).T  # (N, in) view of (in, N) memory
-        return dout @ self.weight.data  # (N, in)
+            return matmul(self.weight.data.T, dout.T).T  # (N, in) view of (in, N) memory
+        return matmul(dout, self.weight.data)  # (N, in)
 
 
 class Flatten(Layer):
@@ -400,7 +400,7 @@ class ConvPool(Layer):
         cols, padded_shape = self._columns(x)
         wb = self._block_weights()
         z = self._scratch("product", (4 * f, cols.shape[1]), x.dtype, xp)
-        xp.matmul(wb, cols, out=z)
+        matmul(wb, cols, out=z)
         z = z.reshape(4, f, -1)  # (4, F, OH/2*OW/2*N): the four pixels (dy, dx) of each block
         a = self.activation.forward(z, out=z)  # in place: the product is this layer's own scratch array
         out = self.pool.forward_stacked(a)  # (F, OH/2*OW/2*N)
@@ -415,7 +415,7 @@ class ConvPool(Layer):
         da = self.pool.backward_stacked(dout)  # (4, F, P), or (1, F, P) that broadcasts over the four
         dz = self.activation.backward(da, out=self._scratch("dz", (4, f, cols.shape[1]), da.dtype, xp))
         dz = dz.reshape(4 * f, -1)  # (4F, P)
-        dwb = dz @ cols.T  # (4F, C*(KH+1)*(KW+1) + 1)
+        dwb = matmul(dz, cols.T)  # (4F, C*(KH+1)*(KW+1) + 1)
         grid = dwb[:, :-1].reshape(2, 2, f, -1, kh + 1, kw + 1)  # each filter's four shifted copies
         dw = grid[0, 0, :, :, :kh, :kw] + grid[0, 1, :, :, :kh, 1:]
         dw += grid[1, 0, :, :, 1:, :kw]
@@ -424,7 +424,7 @@ class ConvPool(Layer):
         self.bias.grad = dwb[:, -1].reshape(4, f).sum(axis=0)
         if not self.input_grad:
             return None
-        dcols = xp.matmul(wb[:, :-1].T, dz, out=cols[:-1])  # the columns are used up: their memory takes dcols
+        dcols = matmul(wb[:, :-1].T, dz, out=cols[:-1])  # the columns are used up: their memory takes dcols
         dxb = col2im_stride2(dcols, padded_shape, kh + 1, kw + 1)  # (C, H+2p, W+2p, N)
         p, (_, _, h, w) = self.padding, x_shape
         return dxb[:, p : p + h, p : p + w, :].transpose(3, 0, 1, 2)
@@ -439,20 +439,18 @@ class SoftmaxCrossEntropy:
 
     def forward(self, logits, labels):
         xp = get_array_module(logits)
-        n = logits.shape[0]
         shifted = logits - logits.max(axis=1, keepdims=True)  # exp cannot overflow
         e = xp.exp(shifted)
         z = e.sum(axis=1, keepdims=True)
         self.probs = e / z
-        self.labels = labels
-        return (xp.log(z[:, 0]) - shifted[xp.arange(n), labels]).mean()
+        # A one-hot mask rather than fancy indexing (shifted[arange(n), labels]): CuPy's fancy indexing may move
+        # index data from the host, which a CUDA graph cannot record; the mask is elementwise work.
+        self.onehot = labels[:, None] == xp.arange(logits.shape[1])  # (N, K) bool
+        return (xp.log(z[:, 0]) - xp.where(self.onehot, shifted, shifted.dtype.type(0)).sum(axis=1)).mean()
 
     def backward(self):
-        xp = get_array_module(self.probs)
-        n = self.probs.shape[0]
-        d = self.probs.copy()
-        d[xp.arange(n), self.labels] -= 1
-        d *= d.dtype.type(1.0 / n)
+        d = self.probs - self.onehot  # the label's probability minus 1, the others as they are
+        d *= d.dtype.type(1.0 / d.shape[0])
         return d
 
     __call__ = forward

@@ -26,10 +26,17 @@ class Optimizer:
         self.steps = 0
         self.xp = get_array_module(self.params[0].data)
         self.state = dict.fromkeys(self.state_names)
+        self.device_coefficients = None  # set by a CUDA graph step (cuda.py): coefficients() read on the device
 
     def flat(self, arrays):
         """One flat array of `arrays` (one per parameter), in parameter order."""
-        return self.xp.concatenate([a.ravel() for a in arrays])
+        # Copied piece by piece: CuPy's concatenate of over 8 arrays sends their addresses to the GPU, a host
+        # transfer that a CUDA graph cannot record.
+        out, start = self.xp.empty(sum(a.size for a in arrays), dtype=arrays[0].dtype), 0
+        for a in arrays:
+            out[start : start + a.size].reshape(a.shape)[...] = a
+            start += a.size
+        return out
 
     def unflat(self, flat):
         """The per-parameter views of a flat array."""
@@ -43,6 +50,17 @@ class Optimizer:
         """p -= update, for every parameter, from a flat update."""
         for p, u in zip(self.params, self.unflat(update), strict=True):
             p.data -= u
+
+    def coefficients(self, steps=None):
+        """{name: number} that change from step to step (learning rate, bias corrections), for step `steps`
+        (default: the step being taken). update() reads them through _coefficients()."""
+        return {"lr": self.lr}
+
+    def _coefficients(self):
+        if self.device_coefficients is None:
+            return self.coefficients()
+        # A CUDA graph replays fixed kernels: the numbers must come from device memory that it writes each step.
+        return dict(zip(self.coefficients(), self.device_coefficients, strict=True))
 
     def step(self):
         """One update from every param.grad; L2 weight decay (both optimizers have it) is added here."""
@@ -97,7 +115,7 @@ class SGD(Optimizer):
                 v *= self.momentum
                 v += g
             g = g + self.momentum * v if self.nesterov else v
-        self.apply(self.lr * g)
+        self.apply(self._coefficients()["lr"] * g)
 
 
 class Adam(Optimizer):
@@ -110,21 +128,26 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay = eps, weight_decay
 
+    def coefficients(self, steps=None):
+        t = self.steps if steps is None else steps
+        # The step size folds in the first moment's bias correction; v_scale is sqrt of the second's.
+        return {"step_size": self.lr / (1 - self.beta1**t), "v_scale": (1 - self.beta2**t) ** 0.5}
+
     def update(self, g):
         xp = self.xp
         if self.state["m"] is None:
             self.state["m"], self.state["v"] = xp.zeros_like(g), xp.zeros_like(g)
-        m, v, t = self.state["m"], self.state["v"], self.steps
+        m, v, c = self.state["m"], self.state["v"], self._coefficients()
         m *= self.beta1
         m += (1 - self.beta1) * g
         v *= self.beta2
         g *= g
         v += (1 - self.beta2) * g
         denom = xp.sqrt(v)
-        denom /= (1 - self.beta2**t) ** 0.5
+        denom /= c["v_scale"]
         denom += self.eps
         update = xp.divide(m, denom, out=denom)
-        update *= self.lr / (1 - self.beta1**t)
+        update *= c["step_size"]
         self.apply(update)
 
 

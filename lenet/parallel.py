@@ -18,6 +18,8 @@ import contextlib
 import ctypes
 import os
 import sys
+import traceback
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -78,9 +80,11 @@ class DataParallel:
     chunk is exactly model.forward, backward and optimizer.step.
     """
 
-    def __init__(self, model, threads=2, split_at=96, max_chunk=128):
+    def __init__(self, model, threads=2, split_at=96, max_chunk=128, cuda_graphs=True):
         self.model, self.threads = model, threads
         self.on_cpu = model.xp is np  # a GPU wants the whole batch in one go, and has no BLAS threads to tame
+        self.cuda_graphs = cuda_graphs and not self.on_cpu  # CuPy: training steps replayed as CUDA graphs
+        self._graphs = {}  # (x shape, y shape, optimizer) -> cuda.GraphStep
         if self.on_cpu:
             keep_freed_memory()
         self.split_at, self.max_chunk = split_at, max_chunk
@@ -128,7 +132,29 @@ class DataParallel:
         return [per_thread[c % threads][c // threads] for c in range(n_chunks)]
 
     def train_step(self, optimizer, x, y):
-        """Forward, loss, backward and optimizer step on a batch. Returns (loss, correct) on the device."""
+        """Forward, loss, backward and optimizer step on a batch. Returns (loss, correct) on the device.
+
+        On CuPy, each batch shape's step becomes a CUDA graph after two eager steps (cuda.py); its (loss,
+        correct) are overwritten by the next step. Should recording fail, a warning says why, and the steps
+        go on eagerly.
+        """
+        if self.cuda_graphs:
+            key = (x.shape, y.shape, id(optimizer))
+            try:
+                if key not in self._graphs:
+                    from . import cuda  # imports cupy: only reached on the CuPy backend
+
+                    self._graphs[key] = cuda.GraphStep(self._train_step, optimizer, x, y)
+                return self._graphs[key](x, y)
+            except Exception as e:  # any failure to record falls back to the eager step
+                self.cuda_graphs, self._graphs = False, {}
+                where = [f for f in traceback.extract_tb(e.__traceback__) if f"{os.sep}lenet{os.sep}" in f.filename]
+                at = f" at {os.path.basename(where[-1].filename)}:{where[-1].lineno}" if where else ""
+                reason = f"{type(e).__name__}: {e}{at}"
+                warnings.warn(f"CUDA graphs are off ({reason}); the steps go on without them", stacklevel=2)
+        return self._train_step(optimizer, x, y)
+
+    def _train_step(self, optimizer, x, y):
         n = x.shape[0]
         chunks = self.chunks(n)
 

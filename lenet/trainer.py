@@ -52,6 +52,7 @@ class TrainConfig:
     augment: bool = False  # random 1-pixel shifts and mirror images, drawn anew every epoch
     limit: int = None  # use only the first N training examples (quick runs, tests)
     threads: int = None  # CPU threads for data parallelism; None: every core on NumPy (parallel.py)
+    cuda_graphs: bool = True  # CuPy: replay each training step as a CUDA graph (cuda.py)
     out: str = "runs/fashion-mnist"
     progress: bool = True
     resume: bool = False  # continue the run saved in `out` (not stored: a resumed run is no different)
@@ -144,7 +145,7 @@ def fit(config, log=print):
 
     model = LeNet5(config.activation, config.pool, backend=config.backend, dtype=config.dtype, seed=config.seed)
     optimizer = make_optimizer(config, model)
-    runner = DataParallel(model, config.threads or default_threads(xp))
+    runner = DataParallel(model, config.threads or default_threads(xp), cuda_graphs=config.cuda_graphs)
     shuffle_rng = np.random.default_rng([config.seed, 1])
     history, best_val_acc, first_epoch = [], -1.0, 1
     if resume_state is not None:
