@@ -9,7 +9,8 @@ times, the backends interleaved within each repetition so that the drift of a sh
 alike. A repetition calls the step in a loop for at least --min-time seconds on random data already in
 memory, synchronizing the GPU at both ends. Reported: images/s (median, min, max over the repetitions)
 and the ratio of medians to PyTorch with the same weights and threads: numpy against torch on the CPU,
-cupy against torch on CUDA.
+cupy against torch on CUDA. On cupy, train.py's steps are CUDA-graph replays after two eager ones (lenet/cuda.py),
+and so are the timed ones here; inference is eager.
 Writes <out>/results.csv and <out>/throughput.png.
 """
 
