@@ -1,8 +1,9 @@
 """CUDA graphs for the CuPy backend: a whole training step launched as one graph.
 
-On a GPU, lenet's step is about 150 small kernels, and each costs CuPy 10-30 us of Python on the host, far more than
-the GPU needs to run it: the step is bound by the host. A CUDA graph records the step's kernels once and replays them
-with one launch. Three things stand in the way, and this module handles them:
+An eager lenet step makes about 280 CuPy calls (kernels and views), each costing the host more than the GPU needs to
+run it: on an H200 an eager step took 3.2-5.9 ms whatever the batch size, 32 or 1024. A CUDA graph records the
+step's kernels once and replays them with one launch (0.27 ms at batch 32). Three things stand in the way, and this
+module handles them:
 
 - CuPy refuses cuBLAS calls while a stream is being captured. `matmul` is lenet's own tiled matrix product (any
   strides, float32 or float64); the layers call it through backend.matmul, which picks it while `graph_mode` is on.
