@@ -30,12 +30,11 @@ class Optimizer:
 
     def flat(self, arrays):
         """One flat array of `arrays` (one per parameter), in parameter order."""
-        # Copied piece by piece: CuPy's concatenate of over 8 arrays sends their addresses to the GPU, a host
-        # transfer that a CUDA graph cannot record.
-        out, start = self.xp.empty(sum(a.size for a in arrays), dtype=arrays[0].dtype), 0
-        for a in arrays:
-            out[start : start + a.size].reshape(a.shape)[...] = a
-            start += a.size
+        # Copied piece by piece into unflat's views: CuPy's concatenate of over 8 arrays sends their addresses to
+        # the GPU, a host transfer that a CUDA graph cannot record.
+        out = self.xp.empty(sum(a.size for a in arrays), dtype=arrays[0].dtype)
+        for piece, a in zip(self.unflat(out), arrays, strict=True):
+            piece[...] = a
         return out
 
     def unflat(self, flat):
