@@ -258,7 +258,9 @@ def _resume(config, last_path):
         raise LenetError(f"{last_path}: its training options do not fit this lenet ({e})") from None
     if config.epochs is not None:  # the only option a resumed run may change
         stored.epochs = config.epochs
-    stored.out, stored.progress, stored.data_dir = config.out, config.progress, config.data_dir or stored.data_dir
+    # How to run, not what to train: the resuming command's own (a GPU that cannot record graphs can resume).
+    stored.out, stored.progress, stored.cuda_graphs = config.out, config.progress, config.cuda_graphs
+    stored.data_dir = config.data_dir or stored.data_dir
     if meta["epoch"] >= stored.epochs:
         raise LenetError(f"{last_path} already finished epoch {meta['epoch']} of {stored.epochs}; raise --epochs")
     return stored, {"weights": state, "meta": meta, "optimizer": optimizer_state}

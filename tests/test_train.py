@@ -338,6 +338,14 @@ def test_resume_gives_the_same_run(quick_fit, uninterrupted, tmp_path):
         assert_same_arrays(tmp_path / name, full / name)
 
 
+def test_resume_takes_how_to_run_from_the_resuming_command(uninterrupted, tmp_path):
+    _, full = uninterrupted
+    stored, _ = lenet.trainer._resume(
+        TrainConfig(epochs=4, out=str(tmp_path), progress=False, cuda_graphs=False), full / "last.npz"
+    )
+    assert (stored.epochs, stored.out, stored.cuda_graphs, stored.activation) == (4, str(tmp_path), False, "relu")
+
+
 def test_resume_of_a_finished_run_asks_for_more_epochs(quick_fit, uninterrupted):
     _, full = uninterrupted
     with pytest.raises(LenetError, match="already finished epoch 3 of 3; raise --epochs"):
