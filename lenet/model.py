@@ -64,17 +64,20 @@ class LeNet5:
 
     model = LeNet5(activation="sigmoid", pool="avg", backend="numpy", dtype="float32", seed=0)
     logits = model.forward(x)          # x (N, 1, 28, 28) -> (N, 10)
-    dx = model.backward(dlogits)       # fills every parameter's .grad (dx is None: the images need none)
+    dx = model.backward(dlogits)       # fills every parameter's .grad; dx is None unless input_grad=True
+
+    With input_grad=True the first convolution also computes dL/dx, the gradient with respect to the images
+    (for saliency maps); training needs none, so by default it is skipped.
     """
 
-    def __init__(self, activation="sigmoid", pool="avg", backend="numpy", dtype="float32", seed=0):
+    def __init__(self, activation="sigmoid", pool="avg", backend="numpy", dtype="float32", seed=0, input_grad=False):
         if activation not in ACTIVATIONS:
             raise LenetError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
         if pool not in POOLS:
             raise LenetError(f"unknown pooling {pool!r}; choose one of: {', '.join(POOLS)}")
         if str(dtype) not in DTYPES:
             raise LenetError(f"unsupported dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-        self.activation, self.pool = activation, pool
+        self.activation, self.pool, self.input_grad = activation, pool, bool(input_grad)
         self.xp = get_backend(backend)
         self.dtype = np.dtype(dtype)
         self._build({k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_weights(activation, seed).items()})
@@ -85,7 +88,7 @@ class LeNet5:
         Each convolution stage (conv, activation, 2x2 pooling) is one ConvPool layer, named after its parts.
         """
         act = ACTIVATIONS[self.activation]
-        self.c1 = ConvPool(w["c1.weight"], w["c1.bias"], act(), self.pool, padding=2, input_grad=False)
+        self.c1 = ConvPool(w["c1.weight"], w["c1.bias"], act(), self.pool, padding=2, input_grad=self.input_grad)
         self.c3 = ConvPool(w["c3.weight"], w["c3.bias"], act(), self.pool)
         self.f5 = Linear(w["f5.weight"], w["f5.bias"])
         self.f6 = Linear(w["f6.weight"], w["f6.bias"])
@@ -136,7 +139,7 @@ class LeNet5:
     __call__ = forward
 
     def backward(self, dlogits):
-        """dL/dlogits (N, 10) -> fills .grad of every parameter."""
+        """dL/dlogits (N, 10) -> fills .grad of every parameter; returns dL/dx (N, 1, 28, 28) or None (input_grad)."""
         d = dlogits
         for _, layer in reversed(self.layers):
             d = layer.backward(d)

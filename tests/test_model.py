@@ -158,3 +158,23 @@ def test_memorizes_64_examples(xp):
         opt.step()
     accuracy = float((model.forward(x).argmax(axis=1) == y).mean())
     assert accuracy == 1.0
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=str)
+def test_input_gradient_when_asked(xp, arch):
+    """input_grad=True: backward returns dL/dx, checked by central differences on 20 pixels (float64)."""
+    rng = np.random.default_rng(11)
+    model = LeNet5(*arch, backend="numpy" if xp is np else "cupy", dtype="float64", seed=2, input_grad=True)
+    if arch[1] == "max":
+        x = rng.permutation(2 * 784).reshape(2, 1, 28, 28) / (2 * 784)
+    else:
+        x = rng.random((2, 1, 28, 28))
+    x, y = xp.asarray(x), xp.asarray(rng.integers(0, 10, 2))
+    ce = SoftmaxCrossEntropy()
+    ce.forward(model.forward(x), y)
+    dx = model.backward(ce.backward())
+    assert dx.shape == x.shape and dx.dtype == x.dtype
+    picks = rng.choice(x.size, size=20, replace=False)
+    # The pixels' gradients are small (about 1e-5): a wider step keeps the differences above rounding noise.
+    numeric = numerical_grad(lambda: ce.forward(model.forward(x), y), x, eps=1e-4, indices=picks)
+    assert_grad_close(dx, numeric, f"LeNet5{arch} dL/dx")
