@@ -1,67 +1,11 @@
-"""Train LeNet-5 on Fashion-MNIST (or MNIST) with lenet's hand-written gradients.
+"""Train LeNet-5 on Fashion-MNIST (or MNIST): python train.py --help. The same as lenet-train.
 
-python train.py                      # the default recipe, NumPy on the CPU
-python train.py --backend cupy       # the same on an NVIDIA GPU
-python train.py --resume             # continue the run in --out from its last epoch
+A thin shim over lenet/commands/train.py, kept at the top level so the tutorial's commands work in a checkout.
 """
 
 import sys
 
-from lenet.cli import ArgumentParser, positive_int, run_main
-from lenet.trainer import TrainConfig, TrainingInterrupted, fit
-
-DEFAULTS = TrainConfig()
-
-
-def parse_args(argv=None):
-    p = ArgumentParser(prog="train.py", description="Train LeNet-5 with lenet (NumPy or CuPy).")
-    p.add_argument(
-        "--backend", choices=["numpy", "cupy"], default=DEFAULTS.backend, help="array backend (default numpy)"
-    )
-    p.add_argument("--dataset", choices=["fashion-mnist", "mnist"], default=DEFAULTS.dataset)
-    p.add_argument("--data-dir", help="folder with the four IDX files (default: looked up, then downloaded)")
-    p.add_argument("--epochs", type=positive_int, help=f"number of epochs (default {DEFAULTS.epochs})")
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="(default %(default)s)")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default=DEFAULTS.optimizer, help="(default %(default)s)")
-    p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="learning rate (default %(default)s)")
-    p.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="SGD momentum (default %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="L2 (default %(default)s)")
-    p.add_argument(
-        "--schedule", choices=["constant", "cosine"], default=DEFAULTS.schedule, help="learning-rate schedule"
-    )
-    p.add_argument("--activation", choices=["sigmoid", "relu", "tanh"], default=DEFAULTS.activation)
-    p.add_argument("--pool", choices=["avg", "max"], default=DEFAULTS.pool)
-    p.add_argument("--augment", action="store_true", help="random 1-pixel shifts and mirror images, new each epoch")
-    p.add_argument("--dtype", choices=["float32", "float64"], default=DEFAULTS.dtype)
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seeds the weights, the split and the shuffling")
-    p.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction, help="(default %(default)s)")
-    p.add_argument("--limit", type=positive_int, help="use only the first N training images (quick runs)")
-    p.add_argument("--out", help="folder for checkpoints, history and plots (default runs/<dataset>)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for the numpy backend (default: one per core)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out (its options are kept)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--no-cuda-graphs", action="store_true", help="cupy: run every training step eagerly, not as a CUDA graph"
-    )
-    return p.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k not in ("no_progress", "no_cuda_graphs")}
-    options["out"] = args.out or f"runs/{args.dataset}"
-    if args.epochs is None and not args.resume:
-        options["epochs"] = DEFAULTS.epochs
-    config = TrainConfig(**options, progress=not args.no_progress, cuda_graphs=not args.no_cuda_graphs)
-    try:
-        fit(config)
-    except TrainingInterrupted as e:
-        print(f"train.py: {e}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:  # before the first epoch started (loading data, writing batch.png)
-        print("train.py: interrupted before training started; nothing was trained", file=sys.stderr)
-        return 130
-
+from lenet.commands.train import main
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "train.py"))
+    sys.exit(main())

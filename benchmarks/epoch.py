@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this c
 from common import ArgumentParser, describe_machine, positive_int, random_batch, run_main
 
 from lenet import LeNet5
+from lenet.fast import FastRunner, default_threads
+from lenet.fast.tuning import keep_freed_memory
 from lenet.optim import Adam
-from lenet.parallel import DataParallel, default_threads
 from lenet.trainer import TrainConfig, fit
 
 
@@ -37,16 +38,16 @@ def parse_args(argv=None):
 
 
 def step_rate(backend, batch_size, seconds=3.0):
-    """Images per second of DataParallel.train_step (Adam, as train.py's default) on random data."""
+    """Images per second of FastRunner.train_step (Adam, as train.py's default) on random data."""
     model = LeNet5(backend=backend)
-    runner = DataParallel(model, default_threads(model.xp))
     opt = Adam(model.parameters(), lr=1e-3)
+    runner = FastRunner(model, opt)
     x, y = (model.xp.asarray(a) for a in random_batch(batch_size))
-    runner.train_step(opt, x, y)
-    float(runner.train_step(opt, x, y)[0])  # warm, and synchronized
+    runner.train_step(x, y)
+    float(runner.train_step(x, y)[0])  # warm, and synchronized
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        loss, _ = runner.train_step(opt, x, y)
+        loss, _ = runner.train_step(x, y)
         steps += 1
     float(loss)
     rate = steps * batch_size / (time.perf_counter() - start)
@@ -56,6 +57,7 @@ def step_rate(backend, batch_size, seconds=3.0):
 
 def main(argv=None):
     args = parse_args(argv)
+    keep_freed_memory()  # as train.py does (lenet/fast/tuning.py): fresh pages each step would be timed otherwise
     print("\n".join(describe_machine(default_threads(LeNet5(backend=args.backend).xp))))
     rates, epochs = [], []
     with tempfile.TemporaryDirectory() as out:
@@ -65,7 +67,7 @@ def main(argv=None):
                 backend=args.backend, batch_size=args.batch_size, epochs=1, data_dir=args.data_dir,
                 limit=args.limit, out=out, progress=False,
             )  # fmt: skip
-            history = fit(config, log=lambda *a: None)
+            history = fit(config, runner=FastRunner.for_config, log=lambda *a: None)
             epochs.append(float(history["seconds"].iloc[0]))
     n_train = round((args.limit or 60_000) * (1 - TrainConfig.val_fraction))
     rate, epoch = statistics.median(rates), statistics.median(epochs)

@@ -5,7 +5,7 @@
 One repetition is one training step run by hand through model.layers: every forward in order, the loss,
 every backward in reverse, SGD (layers cache inputs between forward and backward, so a repetition is
 always a whole step). Each part is timed on its own (the GPU synchronized after each), medians over the
-repetitions. Each repetition also times one DataParallel.train_step call as a whole (as train.py runs
+repetitions. Each repetition also times one FastRunner.train_step call as a whole (as train.py runs
 it), so that a model whose forward no longer walks model.layers shows up as a gap between the two.
 Optionally writes <out>/layers.csv.
 """
@@ -24,10 +24,11 @@ from threadpoolctl import threadpool_limits
 
 from lenet import LeNet5
 from lenet.backend import BACKENDS, synchronize
+from lenet.fast import FastRunner
+from lenet.fast.tuning import keep_freed_memory
 from lenet.files import atomic_write
 from lenet.layers import SoftmaxCrossEntropy
 from lenet.optim import SGD
-from lenet.parallel import DataParallel
 
 TABLE = "{:<10} {:>10} {:>11} {:>9} {:>7}"
 
@@ -86,6 +87,7 @@ def breakdown(samples, parts):
 
 def main(argv=None):
     args = parse_args(argv)
+    keep_freed_memory()  # as train.py does (lenet/fast/tuning.py): fresh pages each step would be timed otherwise
     with threadpool_limits(limits=args.threads):
         model = LeNet5(activation="sigmoid", pool="avg", backend=args.backend, dtype="float32", seed=0)
         xp, sync = model.xp, lambda: synchronize(model.xp)
@@ -97,11 +99,11 @@ def main(argv=None):
         print("\n".join(describe_machine(args.threads)))
         print(f"timing   median of {args.repeats} steps after 2 warm-up steps, ms\n")
         samples, whole = {}, []
-        runner = DataParallel(model, args.threads if args.backend == "numpy" else 1)
+        runner = FastRunner(model, opt, args.threads if args.backend == "numpy" else 1)
         for rep in range(args.repeats + 2):
             times = timed_step(model, loss_fn, opt, x, y, sync)
             start = time.perf_counter()
-            runner.train_step(opt, x, y)
+            runner.train_step(x, y)
             sync()
             if rep >= 2:
                 whole.append(time.perf_counter() - start)
@@ -121,7 +123,7 @@ def main(argv=None):
     print(TABLE.format("total", "", "", ms(total), "100.0"))
     step_ms = statistics.median(whole) * 1e3
     print(
-        f"\ntrain_step as one call ({runner.threads} threads): {step_ms:.3f} ms "
+        f"\ntrain_step as one call ({runner.parallel.threads} threads): {step_ms:.3f} ms "
         f"({args.batch_size / step_ms * 1e3:,.0f} images/s)"
     )
     if args.out:

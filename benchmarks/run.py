@@ -3,14 +3,14 @@
     python benchmarks/run.py [--backends numpy,cupy,torch] [--batch-sizes 32,256,1024] [--threads N]
                              [--repeats R] [--min-time S] [--out DIR] [--quick]
 
-For each batch size and mode (train: DataParallel.train_step as train.py runs it, a full step of
-forward, loss, backward and SGD; infer: DataParallel.forward) every backend is warmed up, then timed R
+For each batch size and mode (train: FastRunner.train_step as train.py runs it, a full step of
+forward, loss, backward and SGD; infer: FastRunner.forward) every backend is warmed up, then timed R
 times, the backends interleaved within each repetition so that the drift of a shared machine hits them
 alike. A repetition calls the step in a loop for at least --min-time seconds on random data already in
 memory, synchronizing the GPU at both ends. Reported: images/s (median, min, max over the repetitions)
 and the ratio of medians to PyTorch with the same weights and threads: numpy against torch on the CPU,
-cupy against torch on CUDA. On cupy, train.py's steps are CUDA-graph replays after two eager ones (lenet/cuda.py),
-and so are the timed ones here; inference is eager.
+cupy against torch on CUDA. On cupy, train.py's steps are CUDA-graph replays after two eager ones
+(lenet/fast/graphs.py), and so are the timed ones here; inference is eager.
 Writes <out>/results.csv and <out>/throughput.png.
 """
 
@@ -41,9 +41,10 @@ from threadpoolctl import threadpool_limits
 from lenet import LeNet5
 from lenet.backend import cupy_available, cupy_unavailable_reason, synchronize
 from lenet.errors import LenetError
+from lenet.fast import FastRunner
+from lenet.fast.tuning import keep_freed_memory
 from lenet.files import atomic_write
 from lenet.optim import SGD
-from lenet.parallel import DataParallel
 
 BACKENDS = ("numpy", "cupy", "torch")
 REFERENCE = {"numpy": "torch", "torch": "torch", "cupy": "torch-cuda", "torch-cuda": "torch-cuda"}
@@ -85,13 +86,13 @@ def parse_args(argv):
 
 
 def lenet_steps(backend, x, y, threads):
-    """{train, infer, sync} for one batch, run as train.py runs them (lenet.parallel.DataParallel)."""
+    """{train, infer, sync} for one batch, run as train.py runs them (lenet.fast.FastRunner)."""
     model = LeNet5(activation="sigmoid", pool="avg", backend=backend, dtype="float32", seed=0)
-    runner = DataParallel(model, threads if backend == "numpy" else 1)
     opt = SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    runner = FastRunner(model, opt, threads if backend == "numpy" else 1)
     x, y = model.xp.asarray(x), model.xp.asarray(y)
     return {
-        "train": lambda: runner.train_step(opt, x, y),
+        "train": lambda: runner.train_step(x, y),
         "infer": lambda: runner.forward(x),
         "sync": lambda: synchronize(model.xp),
     }
@@ -210,6 +211,7 @@ def plot(rows, path, title):
 
 def main(argv=None):
     args = parse_args(argv)
+    keep_freed_memory()  # as train.py does (lenet/fast/tuning.py): fresh pages each step would be timed otherwise
     started, notes, rows = time.perf_counter(), [], []
     with threadpool_limits(limits=args.threads):
         makers = setup_backends(args.backends, args.threads, notes)

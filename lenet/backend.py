@@ -84,15 +84,19 @@ def to_numpy(x):
     return np.asarray(x)
 
 
-def matmul(a, b, out=None):
-    """a (M, K) @ b (K, N), into out (M, N) if given. Layers multiply through this function so that, on CuPy,
-    a training step being recorded as a CUDA graph uses lenet's own kernel: CuPy refuses cuBLAS during capture
-    (see cuda.py)."""
-    if _cupy is not None and isinstance(a, _cupy.ndarray):
-        from . import cuda
+matmul_override = None  # a function(a, b, out) that takes over CuPy products while it is set (see matmul)
 
-        if cuda.graph_mode:
-            return cuda.matmul(a, b, out)
+
+def matmul(a, b, out=None):
+    """a (M, K) @ b (K, N), into out (M, N) if given: xp.matmul.
+
+    Layers multiply through this one function, so that the products of a step can be computed elsewhere by
+    changing one name: on CuPy, while `matmul_override` is set (lenet/fast/graphs.py sets it while it records a
+    training step, as CuPy refuses cuBLAS then), the products go to it.
+    """
+    if _cupy is not None and isinstance(a, _cupy.ndarray):
+        if matmul_override is not None:
+            return matmul_override(a, b, out)
         return _cupy.matmul(a, b, out=out)
     return np.matmul(a, b, out=out)
 

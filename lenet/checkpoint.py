@@ -64,14 +64,16 @@ def load_checkpoint(path):
     return arrays, meta, optimizer_state
 
 
-def model_from_checkpoint(path, backend="numpy", dtype=None):
-    """Rebuild the model a checkpoint describes and load its weights: (model, meta)."""
+def model_from_checkpoint(path, backend="numpy", dtype=None, **options):
+    """Rebuild the model a checkpoint describes and load its weights: (model, meta).
+
+    options go to LeNet5 (fused, input_grad): how to compute, which a checkpoint does not fix."""
     state, meta, _ = load_checkpoint(path)
     arch = meta.get("architecture")
     if not isinstance(arch, dict):
         raise LenetError(f"checkpoint {path}: metadata has no architecture")
     try:
-        model = LeNet5(**arch, backend=backend, dtype=dtype or meta.get("dtype", "float32"))
+        model = LeNet5(**arch, backend=backend, dtype=dtype or meta.get("dtype", "float32"), **options)
     except TypeError as e:
         raise LenetError(f"checkpoint {path}: unknown architecture options {arch} ({e})") from None
     try:

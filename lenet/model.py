@@ -20,10 +20,10 @@ import numpy as np
 
 from .backend import backend_name, get_array_module, get_backend, to_numpy
 from .errors import LenetError
-from .layers import ConvPool, Flatten, Linear, ReLU, Sigmoid, Tanh
+from .layers import AvgPool2d, Conv2d, Flatten, Layer, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
 
 ACTIVATIONS = {"sigmoid": Sigmoid, "relu": ReLU, "tanh": Tanh}
-POOLS = ("avg", "max")
+POOLS = {"avg": AvgPool2d, "max": MaxPool2d}
 DTYPES = ("float32", "float64")
 INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
@@ -62,45 +62,64 @@ def init_weights(activation="sigmoid", seed=0):
 class LeNet5:
     """LeNet-5 with hand-written backward passes.
 
-    model = LeNet5(activation="sigmoid", pool="avg", backend="numpy", dtype="float32", seed=0)
+    model = LeNet5(activation="sigmoid", pool="avg", backend="numpy", dtype="float32", seed=0, fused=True)
     logits = model.forward(x)          # x (N, 1, 28, 28) -> (N, 10)
     dx = model.backward(dlogits)       # fills every parameter's .grad; dx is None unless input_grad=True
 
     With input_grad=True the first convolution also computes dL/dx, the gradient with respect to the images
     (for saliency maps); training needs none, so by default it is skipped.
+
+    fused=False builds the textbook stack of layers.py, each convolution stage three layers (Conv2d, activation,
+    AvgPool2d/MaxPool2d). fused=True (the default) computes each stage as one layer of the speed wing,
+    lenet.fast.convpool.ConvPool: the same numbers, arranged to run faster. Both have the same parameters, names and
+    state dicts, so a checkpoint of one loads into the other.
     """
 
-    def __init__(self, activation="sigmoid", pool="avg", backend="numpy", dtype="float32", seed=0, input_grad=False):
+    def __init__(
+        self, activation="sigmoid", pool="avg", backend="numpy", dtype="float32", seed=0, input_grad=False, fused=True
+    ):
         if activation not in ACTIVATIONS:
             raise LenetError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
         if pool not in POOLS:
             raise LenetError(f"unknown pooling {pool!r}; choose one of: {', '.join(POOLS)}")
         if str(dtype) not in DTYPES:
             raise LenetError(f"unsupported dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-        self.activation, self.pool, self.input_grad = activation, pool, bool(input_grad)
+        self.activation, self.pool, self.input_grad, self.fused = activation, pool, bool(input_grad), bool(fused)
         self.xp = get_backend(backend)
         self.dtype = np.dtype(dtype)
         self._build({k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_weights(activation, seed).items()})
 
     def _build(self, w):
-        """The layer stack around the weight arrays `w` (used as they are, not copied).
-
-        Each convolution stage (conv, activation, 2x2 pooling) is one ConvPool layer, named after its parts.
-        """
-        act = ACTIVATIONS[self.activation]
-        self.c1 = ConvPool(w["c1.weight"], w["c1.bias"], act(), self.pool, padding=2, input_grad=self.input_grad)
-        self.c3 = ConvPool(w["c3.weight"], w["c3.bias"], act(), self.pool)
-        self.f5 = Linear(w["f5.weight"], w["f5.bias"])
+        """The layer stack around the weight arrays `w` (used as they are, not copied)."""
+        act, pool = ACTIVATIONS[self.activation], POOLS[self.pool]
+        if self.fused:
+            self._build_fused(w)
+        else:
+            self.c1 = Conv2d(w["c1.weight"], w["c1.bias"], padding=2, input_grad=self.input_grad)
+            self.c3 = Conv2d(w["c3.weight"], w["c3.bias"])
+            self.f5 = Linear(w["f5.weight"], w["f5.bias"])
+            self.layers = [
+                ("c1", self.c1), ("act1", act()), ("s2", pool(2)),
+                ("c3", self.c3), ("act3", act()), ("s4", pool(2)),
+            ]  # fmt: skip
         self.f6 = Linear(w["f6.weight"], w["f6.bias"])
         self.f7 = Linear(w["f7.weight"], w["f7.bias"])
-        self.layers = [
-            ("c1+act1+s2", self.c1),
-            ("c3+act3+s4", self.c3),
+        self.layers += [
             ("flatten", Flatten()),
             ("f5", self.f5), ("act5", act()),
             ("f6", self.f6), ("act6", act()),
             ("f7", self.f7),
         ]  # fmt: skip
+
+    def _build_fused(self, w):
+        """C1 and C3 as fused stages from the speed wing (the one place the core reaches into it), each named after
+        its three parts; F5 as the Linear that keeps the fused stage's memory order in its input gradient."""
+        from .fast.convpool import BatchLastLinear, ConvPool
+
+        self.c1 = ConvPool(w["c1.weight"], w["c1.bias"], self.activation, self.pool, 2, input_grad=self.input_grad)
+        self.c3 = ConvPool(w["c3.weight"], w["c3.bias"], self.activation, self.pool)
+        self.f5 = BatchLastLinear(w["f5.weight"], w["f5.bias"])
+        self.layers = [("c1+act1+s2", self.c1), ("c3+act3+s4", self.c3)]
 
     def replica(self):
         """A twin that shares this model's weight arrays but has its own layer caches and gradients.
@@ -117,7 +136,7 @@ class LeNet5:
         return backend_name(self.xp)
 
     def config(self):
-        """The options that rebuild this architecture (stored in checkpoints)."""
+        """The options that rebuild this architecture (stored in checkpoints); either stack loads the weights."""
         return {"activation": self.activation, "pool": self.pool}
 
     # -- forward and backward -------------------------------------------------------------------
@@ -186,12 +205,12 @@ class LeNet5:
         line = "-" * 64
         rows = [line, f"{'Layer (type)':>25}  {'Output Shape':>20} {'Param #':>15}", "=" * 64]
         shape = (1, *INPUT_SHAPE)
-        parts = []  # a ConvPool layer "c1+act1+s2" is three rows
+        parts = []  # a fused stage "c1+act1+s2" is three rows, as in the textbook stack
         for name, layer in self.layers:
-            parts += zip(name.split("+"), layer.parts() if isinstance(layer, ConvPool) else [layer], strict=True)
+            parts += zip(name.split("+"), layer.parts() if hasattr(layer, "parts") else [layer], strict=True)
         for name, layer in parts:
             shape = layer.output_shape(shape)
-            kind = type(layer).__name__
+            kind = next(c for c in type(layer).__mro__ if c.__module__ == Layer.__module__).__name__  # textbook name
             label = f"{kind}-{name}"
             shown = str([batch_size, *shape[1:]])
             rows.append(f"{label:>25}  {shown:>20} {layer.num_params():>15,}")

@@ -1,12 +1,12 @@
-"""CUDA graphs and the matrix-product kernel behind them (lenet/cuda.py); every case needs a GPU."""
+"""CUDA graphs and the matrix-product kernel behind them (lenet/fast/graphs.py); every case needs a GPU."""
 
 import numpy as np
 import pytest
 
 from lenet.backend import cupy_available, cupy_unavailable_reason, get_backend
+from lenet.fast import FastRunner
 from lenet.model import LeNet5
 from lenet.optim import SGD, Adam
-from lenet.parallel import DataParallel
 
 pytestmark = pytest.mark.skipif(not cupy_available(), reason=cupy_unavailable_reason() or "")
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not cupy_available(), reason=cupy_unavailable_re
 )
 def test_matmul_matches_numpy(dtype, m, k, n, a_transposed, b_transposed, rng):
     cp = get_backend("cupy")
-    from lenet import cuda
+    from lenet.fast import graphs as cuda
 
     a = rng.standard_normal((k, m) if a_transposed else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if b_transposed else (k, n)).astype(dtype)
@@ -43,7 +43,7 @@ def test_matmul_matches_numpy(dtype, m, k, n, a_transposed, b_transposed, rng):
 
 def test_matmul_refuses_mismatched_shapes():
     cp = get_backend("cupy")
-    from lenet import cuda
+    from lenet.fast import graphs as cuda
 
     with pytest.raises(ValueError, match="shapes"):
         cuda.matmul(cp.zeros((2, 3)), cp.zeros((4, 5)))
@@ -59,11 +59,11 @@ def test_graph_steps_match_eager_steps(optimizer, rng):
     for graphs in (False, True):
         model = LeNet5(backend="cupy", dtype="float64", seed=3)
         opt = SGD(model.parameters(), lr=0.05, momentum=0.9) if optimizer == "sgd" else Adam(model.parameters())
-        runner = DataParallel(model, 1, cuda_graphs=graphs)
+        runner = FastRunner(model, opt, threads=1, cuda_graphs=graphs)
         results = []
         for i, (x, y) in enumerate(batches):
             opt.lr = (0.05 if optimizer == "sgd" else 1e-3) / (1 + i)  # the graph must read each step's rate
-            loss, correct = runner.train_step(opt, cp.asarray(x), cp.asarray(y))
+            loss, correct = runner.train_step(cp.asarray(x), cp.asarray(y))
             results.append((float(loss), int(correct)))
         if graphs:
             assert runner.cuda_graphs and len(runner._graphs) == 2
@@ -82,11 +82,12 @@ def test_graph_steps_match_eager_steps(optimizer, rng):
 def test_graph_step_results_are_on_the_device_and_finite(rng):
     cp = get_backend("cupy")
     model = LeNet5(backend="cupy", seed=0)
-    runner, opt = DataParallel(model, 1), Adam(model.parameters())
+    opt = Adam(model.parameters())
+    runner = FastRunner(model, opt, threads=1)
     x, y = cp.asarray(rng.random((32, 1, 28, 28), dtype=np.float32)), cp.asarray(rng.integers(0, 10, 32))
     losses = []
     for _ in range(6):
-        loss, correct = runner.train_step(opt, x, y)
+        loss, correct = runner.train_step(x, y)
         assert isinstance(loss, cp.ndarray) and isinstance(correct, cp.ndarray)
         losses.append(float(loss))
     assert runner.cuda_graphs and np.all(np.isfinite(losses))

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from gradcheck import assert_grad_close, numerical_grad
 
 from lenet import LeNet5, LenetError
 from lenet.backend import get_backend, to_numpy
+from lenet.gradcheck import assert_grad_close, numerical_grad
 from lenet.layers import SoftmaxCrossEntropy
 from lenet.optim import Adam
 
@@ -178,3 +178,53 @@ def test_input_gradient_when_asked(xp, arch):
     # The pixels' gradients are small (about 1e-5): a wider step keeps the differences above rounding noise.
     numeric = numerical_grad(lambda: ce.forward(model.forward(x), y), x, eps=1e-4, indices=picks)
     assert_grad_close(dx, numeric, f"LeNet5{arch} dL/dx")
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=str)
+def test_textbook_and_fused_stacks_agree(xp, arch):
+    """LeNet5(fused=False), the layers of layers.py one by one, against the fused default: logits, loss and every
+    parameter gradient in float64, then the weights after several Adam steps."""
+    rng = np.random.default_rng(8)
+    backend = "numpy" if xp is np else "cupy"
+    models = {fused: LeNet5(*arch, backend=backend, dtype="float64", seed=5, fused=fused) for fused in (False, True)}
+    assert [name for name, _ in models[False].layers][:6] == ["c1", "act1", "s2", "c3", "act3", "s4"]
+    assert models[False].state_dict().keys() == models[True].state_dict().keys()
+    assert models[False].summary() == models[True].summary()
+    optimizers = {fused: Adam(m.parameters(), lr=1e-2) for fused, m in models.items()}
+    for step in range(4):
+        x, y = xp.asarray(rng.random((6, 1, 28, 28))), xp.asarray(rng.integers(0, 10, 6))
+        out = {}
+        for fused, model in models.items():
+            ce = SoftmaxCrossEntropy()
+            logits = model.forward(x)
+            loss = float(ce.forward(logits, y))
+            model.backward(ce.backward())
+            out[fused] = (to_numpy(logits), loss, {n: to_numpy(p.grad) for n, p in model.named_parameters()})
+            optimizers[fused].step()
+        (logits_t, loss_t, grads_t), (logits_f, loss_f, grads_f) = out[False], out[True]
+        np.testing.assert_allclose(logits_f, logits_t, rtol=1e-10, atol=1e-12)
+        assert loss_f == pytest.approx(loss_t, rel=1e-10)
+        for name in grads_t:
+            np.testing.assert_allclose(grads_f[name], grads_t[name], rtol=1e-10, atol=1e-13, err_msg=f"{step} {name}")
+    for name, value in models[False].state_dict().items():
+        np.testing.assert_allclose(models[True].state_dict()[name], value, rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+def test_a_checkpoint_of_one_stack_loads_into_the_other():
+    fused = LeNet5("relu", "max", seed=9)
+    textbook = LeNet5("relu", "max", seed=1, fused=False)
+    textbook.load_state_dict(fused.state_dict())
+    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(textbook.forward(x), fused.forward(x), rtol=1e-5, atol=1e-6)
+
+
+def test_gradcheck_command_checks_every_layer_and_passes(capsys):
+    """python -m lenet.gradcheck: the same checker, every layer and the LeNet-5 loss of both stacks."""
+    from lenet import gradcheck
+
+    assert gradcheck.main() == 0
+    out = capsys.readouterr().out
+    for name in ("Conv2d", "AvgPool2d", "MaxPool2d", "Sigmoid", "Tanh", "ReLU", "Linear", "Flatten",
+                 "SoftmaxCrossEntropy", "ConvPool", "(textbook)", "(fused)"):  # fmt: skip
+        assert name in out, name
+    assert "all passed" in out.splitlines()[-1] and "FAILED" not in out

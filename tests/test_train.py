@@ -27,9 +27,9 @@ from lenet.backend import cupy_available
 from lenet.checkpoint import META_KEY, load_checkpoint, model_from_checkpoint, save_checkpoint
 from lenet.data import find_dataset, load_dataset, num_batches, train_val_split
 from lenet.errors import LenetError
+from lenet.fast import FastRunner
 from lenet.model import LeNet5
-from lenet.parallel import DataParallel
-from lenet.trainer import HISTORY_COLUMNS, TrainConfig, TrainingInterrupted, fit
+from lenet.trainer import HISTORY_COLUMNS, PlainRunner, TrainConfig, TrainingInterrupted, fit
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_TIMEOUT_S = 120
@@ -279,7 +279,7 @@ def quick_fit():
             assert config.limit is None or config.limit <= 1000
             config.resume = resume
             logged = []
-            history = fit(config, log=logged.append)
+            history = fit(config, runner=PlainRunner if config.textbook else FastRunner.for_config, log=logged.append)
             return history, logged
 
         yield run
@@ -313,6 +313,21 @@ def test_same_seed_same_history_other_seed_another(quick_fit, tmp_path):
     assert not np.array_equal(runs["a"]["train_loss"], runs["c"]["train_loss"])
     a, c = npz_arrays(tmp_path / "a" / "last.npz"), npz_arrays(tmp_path / "c" / "last.npz")
     assert not np.array_equal(a["c1.weight"], c["c1.weight"])
+
+
+def test_textbook_run_matches_the_fast_run_to_float32_rounding(quick_fit, tmp_path):
+    """--textbook: the layers of layers.py run by PlainRunner; the fused, threaded default gives the same history."""
+    runs = {}
+    for textbook in (False, True):
+        config = learning_config(tmp_path / str(textbook), 2, batch_size=100, textbook=textbook)
+        runs[textbook], logged = quick_fit(config)
+        assert ("textbook layers" in logged[1]) == textbook
+    fast, plain = runs[False], runs[True]
+    np.testing.assert_allclose(plain["train_loss"], fast["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(plain["val_loss"], fast["val_loss"], rtol=1e-4)
+    np.testing.assert_allclose(plain["val_acc"], fast["val_acc"], atol=2 / 60)  # at most 2 of 60 images differ
+    a, b = npz_arrays(tmp_path / "False" / "last.npz"), npz_arrays(tmp_path / "True" / "last.npz")
+    np.testing.assert_allclose(b["c1.weight"], a["c1.weight"], rtol=1e-3, atol=1e-5)
 
 
 def test_history_csv_is_what_fit_returns(quick_fit, tmp_path):
@@ -354,18 +369,18 @@ def test_resume_of_a_finished_run_asks_for_more_epochs(quick_fit, uninterrupted)
 
 @contextlib.contextmanager
 def ctrl_c_at_step(monkeypatch, step):
-    """Make DataParallel.train_step raise KeyboardInterrupt at its `step`-th call (1-based)."""
-    real = DataParallel.train_step
+    """Make FastRunner.train_step raise KeyboardInterrupt at its `step`-th call (1-based)."""
+    real = FastRunner.train_step
     calls = []
 
-    def train_step(self, optimizer, x, y):
+    def train_step(self, x, y):
         calls.append(1)
         if len(calls) == step:
             raise KeyboardInterrupt
-        return real(self, optimizer, x, y)
+        return real(self, x, y)
 
     with monkeypatch.context() as mp:
-        mp.setattr(DataParallel, "train_step", train_step)
+        mp.setattr(FastRunner, "train_step", train_step)
         yield calls
 
 

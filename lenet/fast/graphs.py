@@ -1,12 +1,15 @@
 """CUDA graphs for the CuPy backend: a whole training step launched as one graph.
 
-An eager lenet step makes about 280 CuPy calls (kernels and views), each costing the host more than the GPU needs to
-run it: on an H200 an eager step took 3.2-5.9 ms whatever the batch size, 32 or 1024. A CUDA graph records the
-step's kernels once and replays them with one launch (0.27 ms at batch 32). Three things stand in the way, and this
-module handles them:
+What it speeds up: an eager lenet step makes a few hundred CuPy calls (kernels and views), each costing the host more
+time than the GPU needs to run it, so an eager step takes about the same time whatever the batch size. A CUDA graph
+records the step's kernels once and replays them with one launch (docs/speed.md has the figures; benchmarks/run.py
+measures them). What it must equal: the eager step it records (lenet/fast/parallel.py's, itself equal to
+trainer.train_step), the same numbers up to the rounding of another matrix-product kernel; tests/test_cuda.py holds it
+to that on a GPU. Three things stand in the way, and this module handles them:
 
 - CuPy refuses cuBLAS calls while a stream is being captured. `matmul` is lenet's own tiled matrix product (any
-  strides, float32 or float64); the layers call it through backend.matmul, which picks it while `graph_mode` is on.
+  strides, float32 or float64); the layers call it through backend.matmul, which hands CuPy products to it while
+  `capturable()` has set backend.matmul_override.
 - A graph replays fixed addresses. The batch is copied into fixed input arrays, every array the step allocates comes
   from a memory pool of the graph's own (nothing else allocates from it, so its blocks stay the graph's), and the
   optimizer reads its per-step numbers (learning rate, bias corrections) from a device array written before each
@@ -21,6 +24,8 @@ import contextlib
 
 import cupy
 import numpy as np
+
+from .. import backend
 
 _GEMM_SOURCE = r"""
 template <typename T>
@@ -83,18 +88,14 @@ def matmul(a, b, out=None):
     return out
 
 
-graph_mode = False  # while True, backend.matmul uses `matmul` above instead of cuBLAS
-
-
 @contextlib.contextmanager
 def capturable():
-    """Run lenet's CuPy code without cuBLAS (for warm-up and capture)."""
-    global graph_mode
-    before, graph_mode = graph_mode, True
+    """Run lenet's CuPy code without cuBLAS (for warm-up and capture): backend.matmul uses `matmul` above."""
+    before, backend.matmul_override = backend.matmul_override, matmul
     try:
         yield
     finally:
-        graph_mode = before
+        backend.matmul_override = before
 
 
 class GraphStep:

@@ -1,5 +1,9 @@
 """Data parallelism on the CPU: Python threads that each run part of a batch, each with a one-thread BLAS.
 
+What it must equal: trainer.train_step on the whole batch (forward, mean loss, backward, optimizer step), the same
+numbers up to the rounding of adding the chunks' gradients (tests/test_fast.py: 1e-12 in float64), and the same bits
+whatever the number of threads. `benchmarks/run.py` measures what it gains.
+
 NumPy releases the GIL inside ufuncs and BLAS calls, so two threads, each running forward and backward on
 part of the batch with a one-thread BLAS, keep both cores busy through the elementwise work too, which a
 single thread (whose BLAS alone is multi-threaded) leaves on one core. Each thread uses its own replica of
@@ -9,57 +13,23 @@ depends on its size alone, and the chunks' gradients are added in chunk order, s
 bit for bit, whatever the number of threads. The loss is the mean over the whole batch: each chunk's loss
 gradient is scaled by its share.
 
-BLAS runs one thread per call always, also when the batch is too small to split: OpenBLAS's own threads
-spin while they wait, and on a machine where anything else ran they slowed training steps about 100-fold
-(5,000 to 44 images/s at batch 256). On an idle machine a two-thread BLAS was only about 10% faster at batch 32.
+BLAS runs one thread per call during a step, also when the batch is too small to split: OpenBLAS's own threads
+spin while they wait (lenet/fast/tuning.py).
 """
 
 import contextlib
-import ctypes
 import os
 import sys
-import traceback
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
-from .layers import SoftmaxCrossEntropy
+from ..layers import SoftmaxCrossEntropy
+from .tuning import one_thread_blas
 
 # With the default 5 ms switch interval a thread that wants the GIL back can wait long between the many
 # short NumPy calls of a LeNet step; a shorter one lets the two threads interleave.
 SWITCH_INTERVAL_S = 5e-4
-
-_blas = None  # a ThreadpoolController, made once: threadpool_limits() would cost 0.2 ms a step to find BLAS
-
-
-def one_thread_blas():
-    """A context in which NumPy's BLAS uses one thread (it restores the previous setting on exit)."""
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
-
-
-def keep_freed_memory():
-    """Ask glibc's malloc to keep freed blocks of up to 32 MiB for reuse instead of handing them back to the OS.
-
-    By default glibc gives every freed block over 128 KiB back at once (mmap/munmap), so each of a step's
-    im2col buffers is fresh memory whose pages fault in on first touch. In a fresh process this halved
-    throughput at batch 32 (training 4,000 -> 8,500 images/s, inference 9,000 -> 22,000 with it). glibc
-    raises the threshold by itself once large blocks have been freed, which is why train.py, after loading
-    the data, was fast without it; this makes every process fast. Linux with glibc only; elsewhere a no-op.
-    Returns whether the setting took.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
 
 
 def default_threads(xp):
@@ -73,20 +43,14 @@ class DataParallel:
     """Runs training steps and inference of `model` on `threads` threads, over chunks of each batch.
 
     A batch of at least `split_at` images is cut into two chunks or more, of at most `max_chunk` images
-    (beyond max_chunk the buffers fall out of cache). Batches under 96 run on one thread: at 16 images a
-    chunk's many short NumPy calls hold the GIL most of the time, so two threads on 16 images each were no
-    faster than one thread on 32 (measured again with ConvPool: 7,300-8,800 against 7,300-9,100 images/s;
-    two unsynchronized threads at 16 images scaled only 1.0-1.3x, at 128 images 1.5-1.8x). A batch of one
-    chunk is exactly model.forward, backward and optimizer.step.
+    (beyond max_chunk the buffers fall out of cache). Smaller batches run on one thread: a small chunk's many
+    short NumPy calls hold the GIL most of the time, so two threads on half a small batch each were no faster
+    than one thread on all of it (docs/speed.md). A batch of one chunk is exactly trainer.train_step.
     """
 
-    def __init__(self, model, threads=2, split_at=96, max_chunk=128, cuda_graphs=True):
+    def __init__(self, model, threads=2, split_at=96, max_chunk=128):
         self.model, self.threads = model, threads
         self.on_cpu = model.xp is np  # a GPU wants the whole batch in one go, and has no BLAS threads to tame
-        self.cuda_graphs = cuda_graphs and not self.on_cpu  # CuPy: training steps replayed as CUDA graphs
-        self._graphs = {}  # (x shape, y shape, optimizer) -> cuda.GraphStep
-        if self.on_cpu:
-            keep_freed_memory()
         self.split_at, self.max_chunk = split_at, max_chunk
         self.replicas = [model] + [model.replica() for _ in range(threads - 1)]
         self.loss_fns = [SoftmaxCrossEntropy() for _ in range(threads)]
@@ -132,29 +96,7 @@ class DataParallel:
         return [per_thread[c % threads][c // threads] for c in range(n_chunks)]
 
     def train_step(self, optimizer, x, y):
-        """Forward, loss, backward and optimizer step on a batch. Returns (loss, correct) on the device.
-
-        On CuPy, each batch shape's step becomes a CUDA graph after two eager steps (cuda.py); its (loss,
-        correct) are overwritten by the next step. Should recording fail, a warning says why, and the steps
-        go on eagerly.
-        """
-        if self.cuda_graphs:
-            key = (x.shape, y.shape, id(optimizer))
-            try:
-                if key not in self._graphs:
-                    from . import cuda  # imports cupy: only reached on the CuPy backend
-
-                    self._graphs[key] = cuda.GraphStep(self._train_step, optimizer, x, y)
-                return self._graphs[key](x, y)
-            except Exception as e:  # any failure to record falls back to the eager step
-                self.cuda_graphs, self._graphs = False, {}
-                where = [f for f in traceback.extract_tb(e.__traceback__) if f"{os.sep}lenet{os.sep}" in f.filename]
-                at = f" at {os.path.basename(where[-1].filename)}:{where[-1].lineno}" if where else ""
-                reason = f"{type(e).__name__}: {e}{at}"
-                warnings.warn(f"CUDA graphs are off ({reason}); the steps go on without them", stacklevel=2)
-        return self._train_step(optimizer, x, y)
-
-    def _train_step(self, optimizer, x, y):
+        """Forward, loss, backward and optimizer step on a batch. Returns (loss, correct) on the device."""
         n = x.shape[0]
         chunks = self.chunks(n)
 
@@ -187,11 +129,6 @@ class DataParallel:
         chunks = self.chunks(x.shape[0])
         out = self._map(lambda r, c: self.replicas[r].forward(x[chunks[c][0] : chunks[c][1]]), len(chunks))
         return out[0] if len(out) == 1 else self.model.xp.concatenate(out)
-
-    def predict(self, x, batch_size=1024):
-        """Class indices (N,) for images x, a batch of batch_size at a time so memory stays small."""
-        out = [self.forward(x[i : i + batch_size]).argmax(axis=1) for i in range(0, x.shape[0], batch_size)]
-        return self.model.xp.concatenate(out) if out else self.model.xp.zeros(0, dtype=np.int64)
 
     def close(self):
         if self._pool is not None:

@@ -1,0 +1,88 @@
+"""Test a trained LeNet-5: accuracy on the test set, per-class accuracy, confusion matrix, predictions.
+
+python test.py                                   # runs/fashion-mnist/best_model.npz
+python test.py --checkpoint runs/x/best_model.npz --show 10
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..backend import get_backend, to_numpy
+from ..checkpoint import model_from_checkpoint
+from ..cli import ArgumentParser, run_main
+from ..data import load_dataset
+from ..errors import LenetError
+from ..plots import plot_confusion_matrix, plot_images
+from ..trainer import predict
+
+PROG = "test.py"
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(prog=PROG, description="Evaluate a lenet checkpoint on the test set.")
+    p.add_argument("--checkpoint", default="runs/fashion-mnist/best_model.npz", help="(default %(default)s)")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    p.add_argument("--data-dir", help="folder with the four IDX files (default: looked up, then downloaded)")
+    p.add_argument("--show", type=int, default=0, metavar="N", help="print N lines of predicted vs true class")
+    p.add_argument("--out", help="folder for confusion_matrix.png and predictions.png (default: the checkpoint's)")
+    p.add_argument(
+        "--textbook",
+        action="store_true",
+        help="evaluate with the textbook layers (one thread), not the fast ones",
+    )
+    return p.parse_args(argv)
+
+
+def run(argv=None):
+    args = parse_args(argv)
+    if args.show < 0:
+        raise LenetError(f"--show must be >= 0, not {args.show}")
+    xp = get_backend(args.backend)
+    model, meta = model_from_checkpoint(args.checkpoint, backend=args.backend, fused=not args.textbook)
+    dataset = meta.get("dataset", "fashion-mnist")
+    images, labels, class_names = load_dataset(dataset, "test", data_dir=args.data_dir)
+    images = images.astype(model.dtype)
+    if args.textbook:
+        predicted = to_numpy(predict(model.forward, xp.asarray(images)))
+    else:  # the speed wing: threads on the CPU
+        from ..fast import DataParallel, default_threads
+        from ..fast.tuning import tune_process
+
+        tune_process(args.backend)
+        runner = DataParallel(model, default_threads(xp))
+        predicted = to_numpy(predict(runner.forward, xp.asarray(images)))
+        runner.close()
+
+    accuracy = float((predicted == labels).mean())
+    print(f"checkpoint {args.checkpoint}: epoch {meta.get('epoch')}, validation accuracy {meta.get('val_acc', 0):.4f}")
+    print(f"test accuracy on {dataset} ({len(labels)} images): {accuracy:.4f}")
+    confusion = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = pd.DataFrame(
+        {
+            "class": class_names,
+            "images": confusion.sum(axis=1),
+            "accuracy": confusion.diagonal() / confusion.sum(axis=1),
+        }
+    )
+    print(per_class.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+    for i in range(min(args.show, len(labels))):
+        mark = "" if predicted[i] == labels[i] else "   <- wrong"
+        print(f"predicted: {class_names[predicted[i]]:<12} true: {class_names[labels[i]]}{mark}")
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    plot_confusion_matrix(confusion, class_names, out / "confusion_matrix.png")
+    plot_images(images[:32], class_names, labels[:32], out / "predictions.png", predicted=predicted[:32])
+    print(f"wrote {out / 'confusion_matrix.png'} and {out / 'predictions.png'}")
+
+
+def main(argv=None):
+    return run_main(lambda: run(argv), PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

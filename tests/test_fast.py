@@ -1,0 +1,254 @@
+"""The speed wing (lenet/fast): each piece against the textbook code it must equal.
+
+ConvPool against Conv2d -> activation -> pooling; col2im_stride2 against im2col by the adjoint identity;
+BatchLastLinear against Linear; DataParallel and FastRunner against trainer.train_step; the process settings.
+"""
+
+import numpy as np
+import pytest
+
+from lenet import LeNet5
+from lenet.backend import to_numpy
+from lenet.fast import DataParallel, FastRunner
+from lenet.fast.convpool import BatchLastLinear, ConvPool, col2im_stride2
+from lenet.gradcheck import assert_grad_close, check_layer, numerical_grad
+from lenet.im2col import batch_last, windows
+from lenet.layers import AvgPool2d, Conv2d, Linear, MaxPool2d, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
+from lenet.optim import SGD, Adam
+from lenet.trainer import PlainRunner
+
+# -- the fused stage ---------------------------------------------------------------------------------------------
+CONVPOOL_CASES = [  # (C, F, H, W, K, pad): LeNet's two stages, an odd conv output (pooling drops a row), 3x3
+    (1, 6, 28, 28, 5, 2),
+    (6, 16, 14, 14, 5, 0),
+    (2, 3, 9, 8, 3, 0),
+    (3, 2, 6, 7, 3, 1),
+]
+CONVPOOL_IDS = ["C{}F{}H{}W{}K{}p{}".format(*c) for c in CONVPOOL_CASES]
+STAGES = [("sigmoid", "avg"), ("tanh", "avg"), ("relu", "max"), ("sigmoid", "max")]
+ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU}
+
+
+@pytest.mark.parametrize("case", CONVPOOL_CASES[1:], ids=CONVPOOL_IDS[1:])
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_convpool_gradients(xp, rng, case, act):
+    c, f, h, w, k, pad = case
+    wt, b = xp.asarray(rng.standard_normal((f, c, k, k)) * 0.3), xp.asarray(rng.standard_normal(f))
+    check_layer(ConvPool(wt, b, act, "avg", padding=pad), xp.asarray(rng.standard_normal((2, c, h, w))), rng)
+
+
+@pytest.mark.parametrize("case", CONVPOOL_CASES, ids=CONVPOOL_IDS)
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: f"{s[0]}-{s[1]}")
+def test_convpool_equals_conv_activation_pool(xp, rng, case, stage):
+    """Forward, dx and parameter gradients as Conv2d -> activation -> pooling give them, float64."""
+    c, f, h, w, k, pad = case
+    act, pool = stage
+    wt, b = xp.asarray(rng.standard_normal((f, c, k, k)) * 0.3), xp.asarray(rng.standard_normal(f))
+    x = xp.asarray(rng.standard_normal((3, c, h, w)))
+    fused = ConvPool(wt, b, act, pool, padding=pad)
+    conv = Conv2d(wt, b, padding=pad)
+    chain = [conv, ACTIVATIONS[act](), AvgPool2d(2) if pool == "avg" else MaxPool2d(2)]
+    out = fused.forward(x)
+    expected = x
+    for layer in chain:
+        expected = layer.forward(expected)
+    assert out.shape == expected.shape == fused.output_shape(x.shape)
+    np.testing.assert_allclose(to_numpy(out), to_numpy(expected), rtol=1e-12, atol=1e-14)
+    upstream = xp.asarray(rng.standard_normal(out.shape))
+    dx, expected_dx = fused.backward(upstream), upstream
+    for layer in reversed(chain):
+        expected_dx = layer.backward(expected_dx)
+    np.testing.assert_allclose(to_numpy(dx), to_numpy(expected_dx), rtol=1e-11, atol=1e-13)
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(
+            to_numpy(fused.params[name].grad), to_numpy(conv.params[name].grad), rtol=1e-11, atol=1e-13
+        )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_convpool_keeps_dtype_and_skips_input_grad_when_asked(xp, rng, dtype):
+    wt, b = xp.asarray(rng.standard_normal((6, 1, 5, 5)), dtype=dtype), xp.zeros(6, dtype=dtype)
+    layer = ConvPool(wt, b, "sigmoid", padding=2, input_grad=False)
+    out = layer.forward(xp.asarray(rng.standard_normal((2, 1, 28, 28)), dtype=dtype))
+    assert out.dtype == dtype and out.shape == (2, 6, 14, 14)
+    assert layer.backward(xp.ones_like(out)) is None
+    assert layer.weight.grad.dtype == dtype and layer.bias.grad.dtype == dtype
+
+
+def test_convpool_reuses_its_scratch_arrays_safely(xp, rng):
+    """Outputs and gradients do not alias the arrays the layer keeps: a later call, of another batch size
+    too, leaves earlier results unchanged, and every call matches a fresh layer."""
+    wt, b = xp.asarray(rng.standard_normal((4, 2, 5, 5))), xp.asarray(rng.standard_normal(4))
+    layer = ConvPool(wt, b, "sigmoid", padding=2)
+    results = []
+    for n in (3, 5, 3):
+        x = xp.asarray(rng.standard_normal((n, 2, 12, 12)))
+        out = layer.forward(x)
+        upstream = xp.asarray(rng.standard_normal(out.shape))
+        dx = layer.backward(upstream)
+        fresh = ConvPool(wt, b, "sigmoid", padding=2)
+        np.testing.assert_array_equal(to_numpy(out), to_numpy(fresh.forward(x)))
+        np.testing.assert_array_equal(to_numpy(dx), to_numpy(fresh.backward(upstream)))
+        np.testing.assert_array_equal(to_numpy(layer.weight.grad), to_numpy(fresh.weight.grad))
+        results.append((out, out.copy(), dx, dx.copy(), layer.weight.grad, layer.weight.grad.copy()))
+    for kept in results:
+        for now, then in zip(kept[::2], kept[1::2], strict=True):
+            np.testing.assert_array_equal(to_numpy(now), to_numpy(then))
+
+
+def test_convpool_refuses_even_kernels(xp):
+    with pytest.raises(ValueError, match="odd kernel"):
+        ConvPool(xp.zeros((2, 1, 4, 4)), xp.zeros(2))
+
+
+@pytest.mark.parametrize("shape,kh,kw", [((2, 3, 14, 14), 6, 6), ((1, 2, 9, 8), 4, 2), ((2, 1, 32, 32), 6, 6)])
+def test_stride2_windows_and_col2im_stride2_are_adjoint(xp, rng, shape, kh, kw):
+    xb = batch_last(xp.asarray(rng.standard_normal(shape)))  # (C, H, W, N)
+    win = windows(xb, kh, kw, stride=2)
+    cols = win.reshape(win.shape[0] * kh * kw, -1)
+    c = xp.asarray(rng.standard_normal(cols.shape))
+    back = col2im_stride2(c, xb.shape, kh, kw)
+    assert back.shape == xb.shape
+    assert float((cols * c).sum()) == pytest.approx(float((xb * back).sum()), rel=1e-12)
+
+
+def test_batch_last_linear_equals_linear_and_keeps_the_memory_order(xp, rng):
+    w, b = xp.asarray(rng.standard_normal((7, 5))), xp.asarray(rng.standard_normal(7))
+    fast, plain = BatchLastLinear(w, b), Linear(w, b)
+    memory = xp.asarray(rng.standard_normal((5, 4)))  # (in, N): the input is its transpose, as F5 gets it
+    upstream = xp.asarray(rng.standard_normal((4, 7)))
+    np.testing.assert_array_equal(to_numpy(fast.forward(memory.T)), to_numpy(plain.forward(memory.T)))
+    dx, expected = fast.backward(upstream), plain.backward(upstream)
+    assert dx.shape == (4, 5) and dx.T.flags.c_contiguous
+    np.testing.assert_allclose(to_numpy(dx), to_numpy(expected), rtol=1e-13)
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(to_numpy(fast.params[name].grad), to_numpy(plain.params[name].grad), rtol=1e-13)
+    numeric = numerical_grad(lambda: (fast.forward(memory.T) * upstream).sum(), memory)
+    assert_grad_close(dx.T, numeric, "BatchLastLinear batch-last input")
+
+
+# -- data parallelism and the runner ---------------------------------------------------------------------------
+def serial_step(model, x, y, lr=0.1):
+    ce = SoftmaxCrossEntropy()
+    loss = ce.forward(model.forward(x), y)
+    model.backward(ce.backward())
+    SGD(model.parameters(), lr=lr).step()
+    return float(loss)
+
+
+@pytest.mark.parametrize("threads,batch", [(2, 256), (2, 300), (1, 300), (2, 1024), (3, 200)])
+def test_parallel_step_equals_serial_step_in_float64(threads, batch):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((batch, 1, 28, 28)), rng.integers(0, 10, batch)
+    serial = LeNet5(dtype="float64", seed=4)
+    parallel = LeNet5(dtype="float64", seed=4)
+    runner = DataParallel(parallel, threads)
+    assert len(runner.chunks(batch)) > 1  # the case under test really splits the batch
+    try:
+        loss_serial = serial_step(serial, x, y)
+        loss_parallel, correct = runner.train_step(SGD(parallel.parameters(), lr=0.1), x, y)
+        np.testing.assert_allclose(float(loss_parallel), loss_serial, rtol=1e-13)
+        assert 0 <= int(correct) <= batch
+        for (name, a), b in zip(serial.named_parameters(), parallel.parameters(), strict=True):
+            np.testing.assert_allclose(b.data, a.data, rtol=1e-12, atol=1e-15, err_msg=name)
+        np.testing.assert_allclose(runner.forward(x), serial.forward(x), rtol=1e-12, atol=1e-15)
+    finally:
+        runner.close()
+
+
+def test_chunks_cover_the_batch_in_order():
+    runner = DataParallel(LeNet5(), threads=2, split_at=96, max_chunk=128)
+    try:
+        assert runner.chunks(95) == [(0, 95)]  # too small to split
+        assert runner.chunks(96) == [(0, 48), (48, 96)]
+        assert runner.chunks(128) == [(0, 64), (64, 128)]
+        assert runner.chunks(256) == [(0, 128), (128, 256)]
+        for n in (1, 31, 32, 47, 96, 97, 255, 1000, 1024):
+            chunks = runner.chunks(n)
+            assert chunks[0][0] == 0 and chunks[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
+            assert max(hi - lo for lo, hi in chunks) <= 128
+            assert (len(chunks) == 1) == (n < 96)
+    finally:
+        runner.close()
+
+
+@pytest.mark.parametrize("batch", [200, 512])
+def test_steps_are_the_same_bit_for_bit_whatever_the_threads(batch):
+    rng = np.random.default_rng(1)
+    x, y = rng.random((batch, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, batch)
+    states = []
+    for threads in (2, 2, 1, 3):
+        model = LeNet5(seed=2)
+        runner = DataParallel(model, threads)
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(3):
+            runner.train_step(opt, x, y)
+        runner.close()
+        states.append(model.state_dict())
+    for state in states[1:]:
+        for k in states[0]:
+            np.testing.assert_array_equal(states[0][k], state[k])
+
+
+def test_settings_are_restored_after_a_parallel_step():
+    import sys
+
+    from threadpoolctl import threadpool_info
+
+    before = (sys.getswitchinterval(), [p["num_threads"] for p in threadpool_info()])
+    model = LeNet5()
+    runner = DataParallel(model, 2)
+    runner.train_step(SGD(model.parameters(), lr=0.1), np.zeros((256, 1, 28, 28), np.float32), np.zeros(256, int))
+    runner.close()
+    assert (sys.getswitchinterval(), [p["num_threads"] for p in threadpool_info()]) == before
+
+
+def test_the_callers_errstate_holds_in_the_worker_threads():
+    """train.py ignores overflow warnings and checks the loss by value; the threads must do the same."""
+    model = LeNet5()
+    model.f7.weight.data[...] = 3e38  # logits overflow to inf: the loss becomes nan
+    runner = DataParallel(model, 2)
+    try:
+        assert len(runner.chunks(128)) == 2
+        with np.errstate(all="ignore"):
+            loss, _ = runner.train_step(
+                SGD(model.parameters(), lr=0.1), np.ones((128, 1, 28, 28), np.float32), np.zeros(128, int)
+            )
+        assert not np.isfinite(float(loss))
+    finally:
+        runner.close()
+
+
+def test_keep_freed_memory_is_safe_to_call_again():
+    import sys
+
+    from lenet.fast.tuning import keep_freed_memory
+
+    first, second = keep_freed_memory(), keep_freed_memory()
+    assert first == second  # idempotent: the same answer each time
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        assert first == hasattr(ctypes.CDLL(None), "mallopt")
+
+
+@pytest.mark.parametrize("batch", [32, 200])
+@pytest.mark.parametrize("fused", [True, False])
+def test_fast_runner_equals_the_plain_runner(batch, fused):
+    """FastRunner (threads over chunks) against PlainRunner (trainer.train_step on the whole batch), float64, Adam."""
+    rng = np.random.default_rng(5)
+    batches = [(rng.random((batch, 1, 28, 28)), rng.integers(0, 10, batch)) for _ in range(3)]
+    results = {}
+    for name, make in (("plain", PlainRunner), ("fast", lambda m, o: FastRunner(m, o, threads=2))):
+        model = LeNet5("relu", "max", dtype="float64", seed=6, fused=fused)
+        runner = make(model, Adam(model.parameters(), lr=1e-3))
+        losses = [float(runner.train_step(x, y)[0]) for x, y in batches]
+        logits = to_numpy(runner.forward(batches[0][0]))
+        runner.close()
+        results[name] = (losses, model.state_dict(), logits)
+    (plain_losses, plain_w, plain_logits), (fast_losses, fast_w, fast_logits) = results["plain"], results["fast"]
+    np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-12)
+    for name in plain_w:
+        np.testing.assert_allclose(fast_w[name], plain_w[name], rtol=1e-10, atol=1e-13, err_msg=name)
+    np.testing.assert_allclose(fast_logits, plain_logits, rtol=1e-11, atol=1e-13)
