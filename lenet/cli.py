@@ -36,3 +36,38 @@ def run_main(main, prog):
         message = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
     print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
     return 2
+
+
+def invocation(argv0=None, executable=None, cwd=None):
+    """How to run this program again, as the user ran it, in a form that works when pasted into their shell.
+
+    `python train.py` without an activated environment would be the system's Python, so a hint names the Python
+    that runs now (relative to the current folder when it lies inside it, e.g. `.venv/bin/python train.py`);
+    an installed command (`lenet-train`) is named as it is when the shell finds it, else by its full path;
+    `python -m lenet train` keeps that form.
+    """
+    import shlex
+    import shutil
+    from pathlib import Path
+
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    python = Path(sys.executable if executable is None else executable)
+    with_python = not python.is_absolute() or python.is_relative_to(cwd)
+    shown_python = str(python.relative_to(cwd)) if python.is_absolute() and python.is_relative_to(cwd) else str(python)
+    if with_python and "/" not in shown_python:
+        shown_python = f"./{shown_python}"
+    name = Path(argv0).name
+    if name == "__main__.py":  # python -m lenet COMMAND
+        module = Path(argv0).parent.name
+        command = sys.argv[1] if module == "lenet" and len(sys.argv) > 1 else ""
+        return shlex.join([shown_python, "-m", "lenet", *([command] if command else [])])
+    if name.endswith(".py"):  # python train.py, python path/to/train.py
+        script = Path(argv0)
+        if script.is_absolute() and script.is_relative_to(cwd):
+            script = script.relative_to(cwd)
+        return shlex.join([shown_python, str(script)])
+    found = shutil.which(name)  # an installed console script
+    if found and Path(found).resolve() == Path(argv0).resolve():
+        return name
+    return shlex.quote(str(Path(argv0).resolve()) if Path(argv0).exists() else argv0)
