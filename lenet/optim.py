@@ -3,10 +3,9 @@
 opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
 opt.step()          # after model.backward(...) has filled every param.grad
 
-Each step works on all parameters at once: the gradients are concatenated into one flat array and the
-optimizer's state (velocity, moments) lives in flat arrays too, so a step is a dozen NumPy calls on 61,706
-numbers instead of a dozen per parameter array (Adam: 234 -> 144 us a step for LeNet-5, about a twentieth
-of a training step at batch 32). State dicts still hold one array per parameter.
+Each step works on all parameters at once: the gradients are copied into one flat array and the optimizer's
+state (velocity, moments) lives in flat arrays too, so a step is a dozen array operations on all 61,706 numbers
+instead of a dozen per parameter array (ten of them). State dicts still hold one array per parameter.
 """
 
 from .backend import get_array_module, to_numpy
@@ -26,12 +25,12 @@ class Optimizer:
         self.steps = 0
         self.xp = get_array_module(self.params[0].data)
         self.state = dict.fromkeys(self.state_names)
-        self.device_coefficients = None  # set by a CUDA graph step (cuda.py): coefficients() read on the device
+        self.device_coefficients = None  # an array of coefficients() to read instead (lenet/fast/graphs.py sets it)
 
     def flat(self, arrays):
         """One flat array of `arrays` (one per parameter), in parameter order."""
-        # Copied piece by piece into unflat's views: CuPy's concatenate of over 8 arrays sends their addresses to
-        # the GPU, a host transfer that a CUDA graph cannot record.
+        # Copied piece by piece into unflat's views rather than concatenated: on CuPy, concatenating many arrays
+        # sends their addresses to the GPU, a host-to-device copy that lenet/fast/graphs.py cannot record.
         out = self.xp.empty(sum(a.size for a in arrays), dtype=arrays[0].dtype)
         for piece, a in zip(self.unflat(out), arrays, strict=True):
             piece[...] = a
@@ -58,7 +57,7 @@ class Optimizer:
     def _coefficients(self):
         if self.device_coefficients is None:
             return self.coefficients()
-        # A CUDA graph replays fixed kernels: the numbers must come from device memory that it writes each step.
+        # A replayed step runs fixed kernels: the numbers must come from device memory written before each step.
         return dict(zip(self.coefficients(), self.device_coefficients, strict=True))
 
     def step(self):

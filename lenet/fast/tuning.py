@@ -17,7 +17,7 @@ import sys
 
 from threadpoolctl import ThreadpoolController
 
-_blas = None  # a ThreadpoolController, made once: finding the BLAS libraries again would cost about 0.2 ms a step
+_blas = None  # a ThreadpoolController, made once: finding the BLAS libraries again each step costs a noticeable share
 
 
 def one_thread_blas():
