@@ -310,7 +310,7 @@ BAD_FILES = {
     "empty": (b"", "only 0 bytes long"),
     "shorter than the length": (b"\x10\x00\x00", "only 3 bytes long"),
     "an npz under the name": (b"PK\x03\x04" + bytes(60), "its header claims"),
-    "huge header length": (header_file({}, length=2**63), "header claims 9,223,372,036,854,775,808 bytes"),
+    "huge header length": (header_file({}, length=2**63), "claims 9,223,372,036,854,775,808 bytes, more than the"),
     "header past the end": (header_file({"a": ENTRY}, bytes(8), length=1000), "but only"),
     "header not JSON": (header_file(b"{not json"), "header is not JSON"),
     "header not UTF-8": (header_file(b'{"\xff": 1}'), "header is not JSON"),
@@ -365,6 +365,18 @@ def test_a_file_larger_than_the_limit_is_refused_before_it_is_read(tmp_path, mon
     monkeypatch.setattr(safetensors_io, "MAX_FILE_BYTES", path.stat().st_size - 1)
     with pytest.raises(LenetError, match="more than the"):
         lenet.load_weights(path)
+
+
+@needs_safetensors
+def test_a_header_larger_than_the_limit_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, random_model(), {"history": [[1, 0.5, 0.5, 0.5, 0.5, 1.0]] * 100})
+    (length,) = struct.unpack("<Q", path.read_bytes()[:8])
+    monkeypatch.setattr(safetensors_io, "MAX_HEADER_BYTES", length - 1)
+    with pytest.raises(LenetError, match=f"header claims {length:,} bytes, more than the {length - 1:,} allowed"):
+        lenet.load_weights(path)
+    monkeypatch.setattr(safetensors_io, "MAX_HEADER_BYTES", length)
+    assert set(lenet.load_weights(path)) == set(WEIGHT_NAMES)
 
 
 @needs_safetensors
