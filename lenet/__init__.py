@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
+from .checkpoint import load_weights  # noqa: E402
 from .errors import LenetError  # noqa: E402
 from .model import LeNet5  # noqa: E402
 
-__all__ = ["LeNet5", "LenetError", "__version__"]
+__all__ = ["LeNet5", "LenetError", "__version__", "load_weights"]

@@ -1,10 +1,15 @@
-"""Checkpoints as .npz files that load without pickle.
+"""Checkpoints as .npz files (or .safetensors files) that load without pickle.
 
-The weights sit under PyTorch's names (c1.weight, ..., f7.bias), so `np.load(path)` is a state dict
-that torch's `load_state_dict` takes after `torch.from_numpy`. Everything else is JSON in the 0-d
-string array `lenet_meta`: architecture options, data set and class names, epoch, validation accuracy,
-lenet version, and for the last checkpoint the history, RNG state and optimizer settings.
-Optimizer buffers sit under `optimizer/<name>`. Files are written atomically.
+The weights sit under PyTorch's names and layouts (c1.weight, ..., f7.bias). `load_weights(path)` gives
+them as a plain state dict {name: NumPy array}, which torch's `load_state_dict` takes after
+`torch.from_numpy`; `np.load(path)` is not one, because the file holds more than the weights. Everything
+else is JSON in the 0-d string array `lenet_meta`: architecture options, data set and class names, epoch,
+validation accuracy, lenet version, and for the last checkpoint the history, RNG state and optimizer
+settings. Optimizer buffers sit under `optimizer/<name>`. Files are written atomically.
+
+A path ending in .safetensors is a safetensors file instead (lenet/safetensors_io.py; the optional
+`safetensors` package): the same tensors under the same names, and the same JSON as one string,
+`lenet_meta`, in the header's `__metadata__`. Reading tells the two formats apart by the extension.
 """
 
 import json
@@ -22,13 +27,18 @@ META_KEY = "lenet_meta"
 OPTIMIZER_PREFIX = "optimizer/"
 
 
-def save_checkpoint(path, model, meta, optimizer_state=None):
-    """Write weights, metadata and (optionally) optimizer state to `path` atomically."""
+def save_checkpoint(path, model, meta, optimizer_state=None, format=None):
+    """Write weights, metadata and (optionally) optimizer state to `path` atomically.
+
+    format: "npz" or "safetensors"; None takes it from the path (.safetensors, else npz).
+    """
     meta = {"lenet_version": __version__, "architecture": model.config(), "dtype": str(model.dtype), **meta}
     arrays = dict(model.state_dict())
     arrays[META_KEY] = np.array(json.dumps(meta))
     for key, value in (optimizer_state or {}).items():
         arrays[OPTIMIZER_PREFIX + key] = np.asarray(value)
+    if checkpoint_format(path, format) == "safetensors":
+        return _save_safetensors(path, arrays)
     with atomic_write(path) as f:
         np.savez(f, **arrays)
 
@@ -36,6 +46,8 @@ def save_checkpoint(path, model, meta, optimizer_state=None):
 def load_checkpoint(path):
     """Read a lenet checkpoint: (state_dict, meta, optimizer_state). Refuses what is not one, clearly."""
     path = Path(path)
+    if checkpoint_format(path) == "safetensors":
+        return _load_safetensors(path)
     if not path.exists():
         raise LenetError(f"checkpoint {path}: no such file")
     if not path.is_file():
@@ -81,3 +93,66 @@ def model_from_checkpoint(path, backend="numpy", dtype=None, **options):
     except LenetError as e:
         raise LenetError(f"checkpoint {path}: {e}") from None
     return model, meta
+
+
+def load_weights(path):
+    """The weights of a lenet checkpoint (.npz or .safetensors) as a plain state dict {name: NumPy array}.
+
+    PyTorch's names and layouts, without the metadata and the optimizer's buffers: what
+    `LeNet5.load_state_dict` and, after `torch.from_numpy`, torch's `load_state_dict` take.
+    """
+    state, _, _ = load_checkpoint(path)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The safetensors format
+
+CHECKPOINT_FORMATS = {"npz": ".npz", "safetensors": ".safetensors"}  # format -> the file extension it is read by
+
+
+def checkpoint_format(path, format=None):
+    """The format a checkpoint at `path` is written in: `format` if given, else by the extension.
+
+    A safetensors file must end in .safetensors and only it may, since reading goes by the extension.
+    """
+    by_extension = "safetensors" if Path(path).suffix == ".safetensors" else "npz"
+    if format is None:
+        return by_extension
+    if format not in CHECKPOINT_FORMATS:
+        raise LenetError(f"unknown checkpoint format {format!r}; choose one of: {', '.join(CHECKPOINT_FORMATS)}")
+    if (format == "safetensors") != (by_extension == "safetensors"):
+        raise LenetError(
+            f"checkpoint {path}: a {format} checkpoint must "
+            f"{'end in .safetensors' if format == 'safetensors' else 'not end in .safetensors'}, "
+            "since it is read back by its extension"
+        )
+    return format
+
+
+def _save_safetensors(path, arrays):
+    from .safetensors_io import write_safetensors
+
+    arrays = dict(arrays)
+    # "format": "pt" says the layouts are PyTorch's, which Hugging Face's loaders look for.
+    metadata = {"format": "pt", META_KEY: str(arrays.pop(META_KEY))}
+    write_safetensors(path, arrays, metadata)
+
+
+def _load_safetensors(path):
+    """load_checkpoint for a .safetensors file: (state_dict, meta, optimizer_state)."""
+    from .safetensors_io import read_safetensors
+
+    arrays, metadata = read_safetensors(path, what="checkpoint")
+    if META_KEY not in metadata:
+        raise LenetError(f"checkpoint {path}: not a lenet checkpoint (no {META_KEY} in its __metadata__)")
+    try:
+        meta = json.loads(metadata[META_KEY])
+    except json.JSONDecodeError as e:
+        raise LenetError(f"checkpoint {path}: its metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise LenetError(f"checkpoint {path}: its metadata is a JSON {type(meta).__name__}, not an object")
+    optimizer_state = {
+        k[len(OPTIMIZER_PREFIX) :]: arrays.pop(k) for k in list(arrays) if k.startswith(OPTIMIZER_PREFIX)
+    }
+    return arrays, meta, optimizer_state

@@ -6,13 +6,18 @@ moves them to the GPU once, and `iterate_batches` then slices them where they li
 
 Where the files are looked for; the first folder that holds all four files wins:
   1. `data_dir` (--data-dir) when given: the only place looked, and missing files are downloaded into it;
-  2. $LENET_DATA/<name>;
-  3. ./data/<name>;
+  2. $LENET_DATA/<name>, then $LENET_DATA/<TorchName>/raw;
+  3. ./data/<name>, then ./data/<TorchName>/raw;
   4. the system's copy, /usr/share/datasets/fashion-mnist for Fashion-MNIST (Debian's dataset-fashion-mnist);
   5. the download cache, $XDG_CACHE_HOME/lenet/<name> (by default ~/.cache/lenet/<name>).
-If none has them they are downloaded into the cache from the mirrors torchvision uses. A file may sit
-there gzipped (name.gz) or raw (name without .gz). Every file is checked against the SHA-256 of its
-decompressed bytes when it is downloaded and again whenever it is loaded.
+<TorchName> is torchvision's name for the data set (FashionMNIST, MNIST): `datasets.FashionMNIST(root="data",
+download=True)`, as in the PyTorch quickstart, leaves the files in ./data/FashionMNIST/raw, and they are used
+from there rather than downloaded again. If none has them they are downloaded into the cache from the
+mirrors torchvision uses. A file may sit there gzipped (name.gz) or raw (name without .gz). Every file is
+checked against the SHA-256 of its decompressed bytes when it is downloaded and again whenever it is loaded.
+
+`FashionMNIST` and `MNIST` at the end of this module are the same data as map-style data sets, the way
+torchvision offers them, for a PyTorch user's DataLoader.
 """
 
 import dataclasses
@@ -141,6 +146,7 @@ class DatasetInfo:
     mirrors: tuple  # base URLs, tried in order; a file's URL is mirror + file name
     system_dirs: tuple = ()  # folders where an operating system package installs the files
     hint: str = "pass --data-dir DIR, a folder with the four files"
+    torchvision_name: str = ""  # torchvision's class and folder name: its files sit in <root>/<this>/raw
 
 
 # The file names of each split, as published (the folder may hold them gzipped or not).
@@ -173,6 +179,7 @@ DATASETS = {
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
         hint="apt-get install dataset-fashion-mnist, or pass --data-dir DIR, a folder with the four files",
+        torchvision_name="FashionMNIST",
     ),
     "mnist": DatasetInfo(
         name="mnist",
@@ -185,6 +192,7 @@ DATASETS = {
         },
         # PyTorch's own copy first: the original site has answered 403 and 404 for years at a time.
         mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        torchvision_name="MNIST",
     ),
 }
 
@@ -226,10 +234,9 @@ def find_dataset(dataset="fashion-mnist", data_dir=None, download=True, cache_di
         # An explicit folder is the only one looked at: falling back elsewhere would hide a typo in it.
         places = [Path(data_dir).expanduser()]
     else:
-        places = []
-        if os.environ.get("LENET_DATA"):
-            places.append(Path(os.environ["LENET_DATA"]).expanduser() / info.name)
-        places.append(Path.cwd() / "data" / info.name)
+        roots = [Path(os.environ["LENET_DATA"]).expanduser()] if os.environ.get("LENET_DATA") else []
+        roots.append(Path.cwd() / "data")
+        places = [folder for root in roots for folder in _dataset_folders(info, root)]
         places.extend(Path(folder) for folder in info.system_dirs)
     if target not in places:
         places.append(target)
@@ -433,20 +440,29 @@ def _check_batch_size(batch_size):
 # Augmentation
 
 
-def augment(images, rng, max_shift=1, flip=True):
-    """A randomly shifted (up to max_shift pixels each way, zeros shifted in) and mirrored copy of images.
+# Whether a mirror image is still an example of its class, for every class of the data set: Fashion-MNIST's
+# clothes are left-right symmetric; a mirrored 2, 3 or 7 is no digit.
+AUGMENT_MIRROR = {"fashion-mnist": True, "mnist": False}
+
+
+def augment(images, rng, max_shift=1, flip=True, affine=False):
+    """A randomly shifted (up to max_shift pixels each way, zeros shifted in), mirrored and distorted copy of images.
 
     One pixel, not two: with 2 LeNet-5 underfits (measured: test accuracy 0.909 with 2, 0.913 with 1).
+    `flip` mirrors half of the images left-right: only for data sets whose classes all stay themselves in a
+    mirror (AUGMENT_MIRROR). `affine` adds a small random rotation, scaling and shear (`random_affine`).
 
     images (N, C, H, W) on either backend; the random draws come from the host Generator `rng` (one
-    shift and one coin per image) and move to the device once, so a seed gives the same result on both.
-    Fashion-MNIST's classes are left-right symmetric, so a mirror image is still an example of its class.
+    shift and one coin per image, then with `affine` three numbers per image) and move to the device once,
+    so a seed gives the same result on both. The coins are drawn even when `flip` is off, so that turning
+    mirrors off changes the mirrors only, not the shifts or the next epoch's order.
     """
     xp = get_array_module(images)
     n, c, h, w = images.shape
     dy = xp.asarray(rng.integers(-max_shift, max_shift + 1, n))
     dx = xp.asarray(rng.integers(-max_shift, max_shift + 1, n))
-    mirror = xp.asarray(rng.random(n) < 0.5) if flip else xp.zeros(n, dtype=bool)
+    coins = rng.random(n) < 0.5
+    mirror = xp.asarray(coins) if flip else xp.zeros(n, dtype=bool)
     p = max_shift
     padded = xp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=images.dtype)
     padded[:, :, p : p + h, p : p + w] = images
@@ -455,4 +471,171 @@ def augment(images, rng, max_shift=1, flip=True):
     cols = xp.where(mirror[:, None], w - 1 - cols, cols) + p
     batch = xp.arange(n)[:, None, None, None]
     channel = xp.arange(c)[None, :, None, None]
-    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    out = padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    return random_affine(out, rng) if affine else out
+
+
+def random_affine(images, rng, max_rotation=10.0, scale=(0.9, 1.1), max_shear=0.1, chunk=2048):
+    """images (N, C, H, W) each rotated, scaled and sheared about its centre by a small random amount of its own.
+
+    The distortions of LeNet-5's paper, which made its best MNIST results: a handwritten digit stays the same
+    digit when it is drawn a little tilted, larger, smaller or slanted. Rotation up to `max_rotation` degrees
+    either way, a scale factor drawn from `scale`, a horizontal shear up to `max_shear` either way (x moves by
+    shear * y), all uniform. The draws come from the host Generator `rng`: all N angles, then all N scales,
+    then all N shears, whatever `chunk` is, so an rng state gives one result on either backend.
+    """
+    inverse = random_affine_matrices(rng, len(images), max_rotation, scale, max_shear)
+    return affine_warp(images, inverse, chunk=chunk)
+
+
+def random_affine_matrices(rng, n, max_rotation=10.0, scale=(0.9, 1.1), max_shear=0.1):
+    """n random distortions as the 2x2 matrices (n, 2, 2) float64 that map an OUTPUT pixel back to the input.
+
+    Coordinates are (x, y) = (column, row) offsets from the image centre. The forward map is
+    zoom * rotation @ shear; `affine_warp` needs its inverse, because it asks, for each output pixel,
+    where in the input that pixel comes from.
+    """
+    angle = np.deg2rad(rng.uniform(-max_rotation, max_rotation, n))
+    zoom = rng.uniform(scale[0], scale[1], n)
+    shear = rng.uniform(-max_shear, max_shear, n)
+    cos, sin, one, zero = np.cos(angle), np.sin(angle), np.ones(n), np.zeros(n)
+    rotation = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)  # (n, 2, 2)
+    shearing = np.stack([np.stack([one, shear], -1), np.stack([zero, one], -1)], -2)  # (n, 2, 2)
+    forward = zoom[:, None, None] * (rotation @ shearing)
+    return np.linalg.inv(forward)
+
+
+def affine_warp(images, inverse, chunk=2048):
+    """images (N, C, H, W) resampled through the per-image matrices `inverse` (N, 2, 2), bilinearly.
+
+    Output pixel (row r, column c), as the offset (x, y) = (c - cx, r - cy) from the centre (cx, cy),
+    reads the input at centre + inverse @ (x, y), between the four nearest pixels; outside the image
+    is zero, as in `augment`'s shifts. The identity matrix gives the images back exactly. The same
+    array module and dtype as `images`; the arithmetic runs in float32, or float64 for float64 images.
+    `chunk` images at a time bounds the memory of the index and weight arrays.
+    """
+    xp = get_array_module(images)
+    n, c, h, w = images.shape
+    if tuple(inverse.shape) != (n, 2, 2):
+        raise ValueError(f"inverse has shape {tuple(inverse.shape)}, expected ({n}, 2, 2)")
+    ftype = np.result_type(images.dtype, np.float32)
+    inverse = xp.asarray(inverse, dtype=ftype)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    y_out = xp.arange(h, dtype=ftype)[None, :, None] - cy  # (1, H, 1)
+    x_out = xp.arange(w, dtype=ftype)[None, None, :] - cx  # (1, 1, W)
+    out = xp.empty_like(images)
+    for start in range(0, n, chunk):
+        part, m = images[start : start + chunk], inverse[start : start + chunk]
+        k = len(part)
+        # Where each output pixel reads, (k, H, W). More than a pixel outside there are only zeros: clipping
+        # there keeps the indices inside a 1-pixel frame of zeros without changing any value.
+        x_in = m[:, 0, 0, None, None] * x_out + m[:, 0, 1, None, None] * y_out + cx
+        y_in = m[:, 1, 0, None, None] * x_out + m[:, 1, 1, None, None] * y_out + cy
+        x_in, y_in = xp.clip(x_in, -1, w), xp.clip(y_in, -1, h)
+        x0, y0 = xp.floor(x_in), xp.floor(y_in)
+        wx, wy = (x_in - x0)[:, None], (y_in - y0)[:, None]  # (k, 1, H, W): the weights of the right/lower pixels
+        col, row = x0.astype(np.int64)[:, None] + 1, y0.astype(np.int64)[:, None] + 1  # +1: into the frame
+        framed = xp.zeros((k, c, h + 3, w + 3), dtype=ftype)  # 1 pixel of zeros before, 2 after (for x0 + 1 = w + 1)
+        framed[:, :, 1 : h + 1, 1 : w + 1] = part
+        batch = xp.arange(k)[:, None, None, None]
+        channel = xp.arange(c)[None, :, None, None]
+        top = (1 - wx) * framed[batch, channel, row, col] + wx * framed[batch, channel, row, col + 1]
+        bottom = (1 - wx) * framed[batch, channel, row + 1, col] + wx * framed[batch, channel, row + 1, col + 1]
+        out[start : start + k] = (1 - wy) * top + wy * bottom  # (k, C, H, W)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The data sets as a PyTorch user knows them (torchvision.datasets.FashionMNIST and MNIST)
+
+
+def _dataset_folders(info, root):
+    """Where the files of `info` may sit under `root`: lenet's <root>/<name>, torchvision's <root>/<TorchName>/raw."""
+    folders = [root / info.name]
+    if info.torchvision_name:
+        folders.append(root / info.torchvision_name / "raw")
+    return folders
+
+
+class IDXDataset:
+    """A map-style data set over one split, read with `load_dataset`: a torch DataLoader takes it as it is.
+
+    As torchvision's: `.data` uint8 (N, H, W), the pixels as stored; `.targets` int64 (N,); `.classes` the
+    class names, indexed by label; `ds[i]` is (image, label) with image float32 (1, H, W) in [0, 1], the
+    same numbers `load_dataset` gives (or `transform(image)`), and label an int (or `target_transform(label)`).
+    Arrays rather than PIL images and tensors, since lenet does not import torch; DataLoader's default
+    collate turns them into tensors.
+
+    root None: the search of this module's docstring, downloading into the cache if need be. root given:
+    the files in root, root/<name> or root/<TorchName>/raw; if none has them all, they are downloaded
+    into root (download=True) or it is a LenetError saying they are not there.
+    """
+
+    dataset = None  # the key in DATASETS, set by each subclass
+
+    def __init__(self, root=None, train=True, download=True, transform=None, target_transform=None):
+        info = get_dataset_info(self.dataset)
+        self.root = None if root is None else Path(root).expanduser()
+        self.train = bool(train)
+        self.transform, self.target_transform = transform, target_transform
+        folder = None if self.root is None else _folder_in_root(info, self.root, download)
+        images, labels, class_names = load_dataset(
+            info, "train" if self.train else "test", data_dir=folder, download=download
+        )
+        # Back to the stored bytes: k / 255 in float32, times 255, rounds to k exactly for every k in 0..255.
+        images *= np.float32(255)
+        self.data = np.rint(images[:, 0], out=images[:, 0]).astype(np.uint8)  # (N, H, W)
+        self.targets = labels  # (N,) int64
+        self.classes = list(class_names)
+
+    @property
+    def class_to_idx(self):
+        return {name: i for i, name in enumerate(self.classes)}
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        index = operator.index(index)  # one example per call, as torchvision's; a slice is a TypeError
+        image = self.data[index][None].astype(np.float32) / np.float32(255)  # (1, H, W), as load_dataset scales
+        label = int(self.targets[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            label = self.target_transform(label)
+        return image, label
+
+    def __repr__(self):
+        lines = [
+            f"Dataset {type(self).__name__}",
+            f"    Number of datapoints: {len(self)}",
+            f"    Root location: {self.root if self.root is not None else '(searched, see lenet.data)'}",
+            f"    Split: {'Train' if self.train else 'Test'}",
+        ]
+        return "\n".join(lines)
+
+
+class FashionMNIST(IDXDataset):
+    """Fashion-MNIST, 60,000 training and 10,000 test images of 10 kinds of clothes (see IDXDataset)."""
+
+    dataset = "fashion-mnist"
+
+
+class MNIST(IDXDataset):
+    """MNIST, 60,000 training and 10,000 test images of handwritten digits (see IDXDataset)."""
+
+    dataset = "mnist"
+
+
+def _folder_in_root(info, root, download):
+    """The folder under a data set's `root` that holds all of info's files; else root, to download into."""
+    candidates = [root, *_dataset_folders(info, root)]
+    for folder in candidates:
+        if not _missing_files(info, folder):
+            return folder
+    if not download:
+        looked = "; ".join(_describe_folder(info, folder) for folder in candidates)
+        raise LenetError(
+            f"{info.name} data is not in {root} (looked in: {looked}); pass download=True to download it there"
+        )
+    return root
