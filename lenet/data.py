@@ -448,7 +448,7 @@ AUGMENT_MIRROR = {"fashion-mnist": True, "mnist": False}
 def augment(images, rng, max_shift=1, flip=True, affine=False):
     """A randomly shifted (up to max_shift pixels each way, zeros shifted in), mirrored and distorted copy of images.
 
-    One pixel, not two: with 2 LeNet-5 underfits (measured: test accuracy 0.909 with 2, 0.913 with 1).
+    One pixel, not two: with two-pixel shifts LeNet-5 underfits (README, "Results on Fashion-MNIST").
     `flip` mirrors half of the images left-right: only for data sets whose classes all stay themselves in a
     mirror (AUGMENT_MIRROR). `affine` adds a small random rotation, scaling and shear (`random_affine`).
 

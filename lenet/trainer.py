@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .backend import get_array_module, get_backend, to_numpy
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import augment, iterate_batches, load_dataset, num_batches, train_val_split
+from .data import AUGMENT_MIRROR, augment, iterate_batches, load_dataset, num_batches, train_val_split
 from .errors import LenetError
 from .files import atomic_write
 from .layers import SoftmaxCrossEntropy
@@ -30,6 +30,7 @@ from .optim import OPTIMIZERS
 from .plots import plot_history, plot_images
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+AUGMENTATIONS = ("none", "shift", "affine")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -52,7 +53,8 @@ class TrainConfig:
     dtype: str = "float32"
     seed: int = 0
     val_fraction: float = 0.2
-    augment: bool = False  # random 1-pixel shifts and mirror images, drawn anew every epoch
+    augment: str = "none"  # "shift": random 1-pixel shifts (and mirror images where the data set allows), drawn
+    # anew every epoch; "affine": those and a small random rotation, scale and shear (AUGMENTATIONS)
     limit: int = None  # use only the first N training examples (quick runs, tests)
     textbook: bool = False  # the textbook layer stack (LeNet5(fused=False)), run by PlainRunner
     threads: int = None  # CPU threads for the speed wing's data parallelism; None: one per core
@@ -61,7 +63,13 @@ class TrainConfig:
     progress: bool = True
     resume: bool = False  # continue the run saved in `out` (not stored: a resumed run is no different)
 
+    def __post_init__(self):
+        if isinstance(self.augment, bool):  # runs saved before the modes existed stored True or False
+            self.augment = "shift" if self.augment else "none"
+
     def check(self):
+        if self.augment not in AUGMENTATIONS:
+            raise LenetError(f"unknown augmentation {self.augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
         if self.epochs < 1:
             raise LenetError(f"--epochs must be at least 1, not {self.epochs}")
         if self.batch_size < 1:
@@ -149,6 +157,13 @@ def predict(forward, images, batch_size=1024):
     xp = get_array_module(images)
     out = [forward(images[i : i + batch_size]).argmax(axis=1) for i in range(0, images.shape[0], batch_size)]
     return xp.concatenate(out) if out else xp.zeros(0, dtype=np.int64)
+
+
+def augmented(config, images, rng):
+    """This epoch's training images: as they are, or shifted (mirrored where the data set allows) and distorted."""
+    if config.augment == "none":
+        return images
+    return augment(images, rng, flip=AUGMENT_MIRROR[config.dataset], affine=config.augment == "affine")
 
 
 def make_optimizer(config, model):
@@ -276,7 +291,7 @@ def fit(config, runner=PlainRunner, log=print):
         f"{config.dataset}: {len(data.y_train)} training and {len(data.y_val)} validation images; "
         f"backend {config.backend}{', textbook layers' if config.textbook else ''}, "
         f"{config.optimizer} lr {config.lr} ({config.schedule}), batch {config.batch_size}, "
-        f"{config.activation}/{config.pool}{', augmented' if config.augment else ''}"
+        f"{config.activation}/{config.pool}{'' if config.augment == 'none' else f', augment {config.augment}'}"
     )
     meta_common = {
         "dataset": config.dataset,
@@ -290,7 +305,7 @@ def fit(config, runner=PlainRunner, log=print):
         for epoch in range(progress.epoch + 1, config.epochs + 1):
             start = time.perf_counter()
             optimizer.lr = learning_rate(config, epoch)
-            x_epoch = augment(data.x_train, shuffle_rng) if config.augment else data.x_train
+            x_epoch = augmented(config, data.x_train, shuffle_rng)
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not config.progress)
             with bar, np.errstate(over="ignore", invalid="ignore"):  # a diverging loss is caught below, by value
                 train_loss, train_acc = train_epoch(run, x_epoch, data.y_train, config.batch_size, shuffle_rng, bar)

@@ -451,3 +451,18 @@ def test_train_config_refuses_bad_options_before_any_work(tmp_path, options, mes
     with pytest.raises(LenetError, match=message):
         fit(TrainConfig(out=str(tmp_path / "run"), **QUIET, **options), log=lambda *args: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_augmentation_suits_the_data_set(monkeypatch):
+    """--augment: mirror images only for Fashion-MNIST (a mirrored digit is no digit), affine when asked; stored
+    True/False from earlier runs read as shift/none."""
+    calls = []
+    monkeypatch.setattr(lenet.trainer, "augment", lambda images, rng, **kw: calls.append(kw) or images)
+    x, rng = np.zeros((2, 1, 28, 28), np.float32), np.random.default_rng(0)
+    for dataset, mode in (("fashion-mnist", "shift"), ("mnist", "shift"), ("mnist", "affine")):
+        lenet.trainer.augmented(TrainConfig(dataset=dataset, augment=mode), x, rng)
+    assert calls == [{"flip": True, "affine": False}, {"flip": False, "affine": False}, {"flip": False, "affine": True}]
+    assert lenet.trainer.augmented(TrainConfig(augment="none"), x, rng) is x and len(calls) == 3
+    assert TrainConfig(augment=True).augment == "shift" and TrainConfig(augment=False).augment == "none"
+    with pytest.raises(LenetError, match="unknown augmentation 'rotate'"):
+        TrainConfig(augment="rotate").check()

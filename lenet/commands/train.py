@@ -32,7 +32,16 @@ def parse_args(argv=None):
     )
     p.add_argument("--activation", choices=["sigmoid", "relu", "tanh"], default=DEFAULTS.activation)
     p.add_argument("--pool", choices=["avg", "max"], default=DEFAULTS.pool)
-    p.add_argument("--augment", action="store_true", help="random 1-pixel shifts and mirror images, new each epoch")
+    p.add_argument(
+        "--augment",
+        nargs="?",
+        const="shift",
+        default=DEFAULTS.augment,
+        choices=["none", "shift", "affine"],
+        help="new random copies of the training images each epoch: shift = 1-pixel shifts, and mirror images for "
+        "fashion-mnist (not for digits); affine = those and a small rotation, scale and shear; --augment alone is "
+        "shift (default %(default)s)",
+    )
     p.add_argument("--dtype", choices=["float32", "float64"], default=DEFAULTS.dtype)
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seeds the weights, the split and the shuffling")
     p.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction, help="(default %(default)s)")
