@@ -70,8 +70,10 @@ def test_run_quick_writes_results_and_chart(tmp_path):
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
 def test_run_torch_compile_reports_both_ratios_and_no_recompiles(tmp_path):
-    # Batch 8 compiles in seconds (and Inductor caches it for the next run); a timeout leaves room for a cold cache.
-    done = bench("run.py", "--quick", "--backends", "numpy,torch,torch-compile", "--out", str(tmp_path), timeout=600)
+    # Batch 8 compiles in seconds (Inductor caches it for the next run; the timeout leaves room for a cold cache).
+    # One thread: on a busy machine PyTorch's waiting OpenMP threads made compiled steps up to 100x slower.
+    argv = ["--quick", "--threads", "1", "--backends", "numpy,torch,torch-compile", "--out", str(tmp_path)]
+    done = bench("run.py", *argv, timeout=600)
     assert done.returncode == 0, done.stderr
     fields, rows = read_results(tmp_path / "results.csv")
     median = {(r["backend"], r["mode"]): float(r["images_per_s_median"]) for r in rows}
@@ -92,7 +94,8 @@ def test_run_torch_compile_reports_both_ratios_and_no_recompiles(tmp_path):
 def test_torch_compile_that_cannot_compile_is_skipped_in_one_line(tmp_path):
     # No C++ compiler where Inductor looks for one, and an empty cache, so nothing can be reused.
     env = {"CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    done = bench("run.py", "--quick", "--backends", "numpy,torch-compile", "--out", str(tmp_path), timeout=300, env=env)
+    argv = ["--quick", "--threads", "1", "--backends", "numpy,torch-compile", "--out", str(tmp_path)]
+    done = bench("run.py", *argv, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     notes = [line for line in done.stdout.splitlines() if "torch-compile skipped" in line]
     assert len(notes) == 1 and "compiling failed" in notes[0], done.stdout
