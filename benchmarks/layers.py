@@ -14,7 +14,8 @@ small batch pays for besides arithmetic. sys.setprofile reports ("c_call") calls
 (np.empty, ndarray.reshape, len) but not of ufuncs (np.exp, np.matmul), NumPy's dispatchers
 (np.concatenate) or C types (range, np.float32): those are counted as call instructions that reach
 neither a Python nor a C function the profiler sees (sys.settrace opcode events). Operators (a + b,
-a[...] = b, a *= s) run ufuncs too and are counted by neither, so the counts are a floor. The whole
+a[...] = b, a *= s) run ufuncs too and are counted by neither, so the counts are a floor; the operators and
+subscripts run in lenet's code (on arrays or on Python numbers alike) are printed as a bound. The whole
 train_step is counted on one thread: it cuts the batch the same way on any number of threads (a profiler
 is set per thread), so the calls are the same.
 Optionally writes <out>/layers.csv.
@@ -24,6 +25,7 @@ Optionally writes <out>/layers.csv.
 import collections
 import csv
 import dis
+import os
 import statistics
 import sys
 import time
@@ -44,6 +46,9 @@ from lenet.parallel import DataParallel
 TABLE = "{:<10} {:>10} {:>11} {:>9} {:>7} {:>7}"
 # The instructions that call something (3.11 has CALL and CALL_FUNCTION_EX; 3.13 adds CALL_KW).
 CALL_OPCODES = {dis.opmap[name] for name in ("CALL", "CALL_KW", "CALL_FUNCTION_EX") if name in dis.opmap}
+# Operators and subscripts: on an array each is a NumPy call, on a Python number or tuple it is not.
+OPERATOR_OPCODES = {dis.opmap[name] for name in ("BINARY_OP", "BINARY_SUBSCR", "STORE_SUBSCR", "COMPARE_OP")}
+LENET_CODE = f"{Path(__file__).resolve().parents[1] / 'lenet'}{os.sep}"
 
 
 class CallCounter:
@@ -60,6 +65,7 @@ class CallCounter:
         self.counts = collections.defaultdict(collections.Counter)
         self.names = collections.Counter()
         self._pending = False  # the last instruction was a call and nothing profiled has been entered since
+        self.operators = 0  # operators and subscripts run in lenet's code, on arrays or not: a bound, not a count
 
     def __enter__(self):
         self._saved = sys.getprofile(), sys.gettrace()
@@ -103,7 +109,10 @@ class CallCounter:
         elif event == "opcode":
             if self._pending:  # the previous call ran without a Python frame or a profiled C function
                 self.counts[self.part]["unseen"] += 1
-            self._pending = frame.f_code.co_code[frame.f_lasti] in CALL_OPCODES
+            op = frame.f_code.co_code[frame.f_lasti]
+            self._pending = op in CALL_OPCODES
+            if op in OPERATOR_OPCODES and frame.f_code.co_filename.startswith(LENET_CODE):
+                self.operators += 1
         return self._trace
 
     def total(self, part=None):
@@ -197,6 +206,8 @@ def count_lines(counter):
         f"  {counts['unseen']:>5}  calls it does not see: ufuncs (np.exp, np.matmul), dispatchers (np.concatenate), "
         "C types (range, np.float32)",
         f"  {counts['other']:>5}  other C functions it sees (len, isinstance, ...)",
+        f"  and {counter.operators} operators and subscripts in lenet's code (a + b, a[i], a[...] = b), on arrays "
+        "or on Python numbers: at most that many more NumPy calls",
     ]
 
 

@@ -178,6 +178,7 @@ def test_layers_tiny_prints_every_layer_and_writes_csv(tmp_path):
     total = re.search(r"^calls into C in one train_step: (\d+)", done.stdout, re.MULTILINE)
     kinds = re.findall(r"^ +(\d+)  ", done.stdout, re.MULTILINE)
     assert total and len(kinds) == 3 and sum(map(int, kinds)) == int(total[1]) > 50, done.stdout
+    assert int(re.search(r"^  and (\d+) operators and subscripts", done.stdout, re.MULTILINE)[1]) > 0
 
 
 BAD_FLAGS = [
