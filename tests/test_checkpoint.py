@@ -3,6 +3,7 @@ import io
 import json
 import os
 import struct
+import subprocess
 import sys
 import tracemalloc
 import zipfile
@@ -21,6 +22,8 @@ from lenet.layers import SoftmaxCrossEntropy
 from lenet.model import LeNet5
 from lenet.optim import SGD, Adam
 from lenet.trainer import TrainConfig, make_optimizer
+
+REPO = Path(__file__).resolve().parents[1]
 
 # PyTorch's state dict of the same model: nn.Conv2d / nn.Linear attributes c1, c3, f5, f6, f7.
 TORCH_SHAPES = {
@@ -642,3 +645,34 @@ def test_the_last_checkpoint_of_a_real_run_passes_the_schema(tmp_path):
     _, meta, state = load_checkpoint(tmp_path / "last.npz")
     assert check_resume_state(meta, state, tmp_path / "last.npz") is None
     assert meta["epoch"] == 2 and len(meta["history"]) == 2 and int(state["steps"]) == 2 * 4
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end: test.py under a memory cap far below what the crafted files claim
+
+
+def capped_memory():
+    """preexec_fn: 2 GiB of address space, a third of what the three 2 GiB entries would take."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS")
+def test_test_py_refuses_a_checkpoint_bomb_in_one_line_under_a_memory_cap(tmp_path):
+    case = "three deflated 2 GiB entries"
+    path = tmp_path / "model.npz"
+    path.write_bytes(CRAFTED[case][0]())
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "test.py"), "--checkpoint", str(path), "--data-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        preexec_fn=capped_memory,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"test.py: error: checkpoint {path}: "), result.stderr
+    assert CRAFTED[case][1] in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -342,6 +342,31 @@ def test_a_bomb_in_the_data_folder_is_refused_from_its_header(tmp_path, isolated
     assert load_dataset(info, "train", download=False)[0].shape == (10, 1, 4, 4)
 
 
+@pytest.mark.parametrize("declared", [60000, 100000])
+def test_a_4_gib_bomb_named_as_fashion_mnist_is_refused_with_memory_bounded(tmp_path, declared):
+    """4 MiB of gzip unpacking to 4 GiB, with the header of the real training images or a larger one."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in FILE_NAMES[1:]:
+        (folder / name).write_bytes(b"")  # present, so the folder is chosen; never read: the images fail first
+    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (declared, 28, 28))
+    zeros = gzip.compress(bytes(1 << 20), mtime=0)
+    (folder / FILE_NAMES[0]).write_bytes(gzip.compress(header, mtime=0) + zeros * 4096)
+    tracemalloc.start()
+    try:
+        with pytest.raises(LenetError) as error:
+            load_dataset("fashion-mnist", "train", data_dir=folder, download=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    if declared == 60000:  # the real images' size: read (47 MB of zeros), then the rest is refused
+        assert "more than 1048576 trailing bytes after the 47040000 bytes of data" in str(error.value)
+        assert peak < 47040000 + (16 << 20), f"peak {peak} bytes"
+    else:
+        assert "but the published file is 47040016 bytes" in str(error.value)
+        assert peak < 1 << 20, f"peak {peak} bytes"
+
+
 def test_the_published_data_sets_know_the_size_of_every_file():
     for info in DATASETS.values():
         assert set(info.sizes) == set(info.download_sizes) == set(info.sha256) == set(FILE_NAMES), info.name
