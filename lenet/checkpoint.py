@@ -392,6 +392,8 @@ def _train_config_ranges():
 
 def _has_type(value, annotation):
     """Whether a JSON value fits a dataclass field's type: int is not bool, and a float may be written 1."""
+    if isinstance(annotation, str):  # postponed annotations (from __future__ import annotations)
+        annotation = {"bool": bool, "int": int, "float": float, "str": str}.get(annotation, annotation)
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:
@@ -401,6 +403,13 @@ def _has_type(value, annotation):
     if annotation is str:
         return isinstance(value, str)
     return True  # a type this schema does not know: TrainConfig.check() is left to judge it
+
+
+def _passes(test, value):
+    try:
+        return bool(test(value))
+    except (TypeError, ValueError):  # a value of a type the test was not written for
+        return False
 
 
 def check_resume_state(meta, optimizer_state, path):
@@ -432,7 +441,7 @@ def check_resume_state(meta, optimizer_state, path):
         wanted, in_range = ranges.get(key, ("a " + getattr(field.type, "__name__", str(field.type)), None))
         if value is None and field.default is None:
             continue
-        if not _has_type(value, field.type) or (in_range is not None and not in_range(value)):
+        if not _has_type(value, field.type) or (in_range is not None and not _passes(in_range, value)):
             refuse(f"train_config.{key}", wanted + (" or null" if field.default is None else ""), value)
 
     epoch = meta["epoch"]
