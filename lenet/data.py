@@ -18,16 +18,25 @@ checked against the SHA-256 of its decompressed bytes when it is downloaded and 
 
 `FashionMNIST` and `MNIST` at the end of this module are the same data as map-style data sets, the way
 torchvision offers them, for a PyTorch user's DataLoader.
+
+Whatever a file or a server claims, memory and time stay bounded: files are read and downloads written as
+streams, decompressed and hashed in chunks, held to the published sizes of the files (or to the size an
+IDX header declares, up to MAX_IDX_BYTES), and a download has DOWNLOAD_DEADLINE_S per file.
 """
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import http.client
+import io
 import math
 import operator
 import os
+import socket
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -50,7 +59,15 @@ IDX_TYPES = {
     0x0E: np.dtype(">f8"),
 }
 GZIP_MAGIC = b"\x1f\x8b"
-DOWNLOAD_TIMEOUT_S = 30
+# Limits on what a file may claim about itself, checked before anything of that size is allocated or read.
+# The largest file of either data set (the training images) is 47,040,016 bytes decompressed; a file whose
+# size is published is held to that size exactly (DatasetInfo.sizes), any other IDX file to MAX_IDX_BYTES.
+MAX_IDX_DIMS = 4
+MAX_IDX_BYTES = 256 << 20
+IDX_READ_CHUNK_BYTES = 1 << 20  # what a gzip stream is decompressed and hashed in
+MAX_TRAILING_COUNT_BYTES = 1 << 20  # how far data after the declared end is counted before giving up
+DOWNLOAD_TIMEOUT_S = 30  # for connecting and for each read
+DOWNLOAD_DEADLINE_S = 900  # for a whole file, however the server paces it
 DOWNLOAD_CHUNK_BYTES = 1 << 16
 
 
@@ -58,70 +75,153 @@ DOWNLOAD_CHUNK_BYTES = 1 << 16
 # IDX files
 
 
-def read_idx(path):
-    """Read an IDX file, raw or gzip-compressed, into a NumPy array of the shape its header declares."""
+def read_idx(path, size=None, sha256=None):
+    """Read an IDX file, raw or gzip-compressed, into a NumPy array of the shape its header declares.
+
+    The file is read as a stream, never whole: its header is checked first (at most MAX_IDX_BYTES, or
+    exactly `size` bytes decompressed when given), then its data is read, decompressed and hashed in
+    chunks straight into the array. With `sha256` the SHA-256 of the decompressed bytes must match.
+    """
     path = Path(path)
-    return parse_idx(_read_file(path), source=path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise LenetError(f"{path}: no such file") from None
+    except OSError as e:
+        raise LenetError(f"{path}: cannot read it: {e.strerror or e}") from None
+    with f:
+        try:
+            on_disk = os.fstat(f.fileno()).st_size
+            gzipped = f.read(2) == GZIP_MAGIC  # told by the magic, not the name
+            f.seek(0)
+            if not gzipped:
+                return _read_idx_stream(f, path, size, sha256, on_disk=on_disk)
+            limit = MAX_IDX_BYTES if size is None else size
+            if on_disk > _gzip_bound(limit):
+                raise LenetError(
+                    f"{path}: {on_disk} bytes of gzip, more than any gzip stream of the {limit} bytes "
+                    f"{'this file has' if size is not None else 'lenet reads from an IDX file'} can take"
+                )
+            with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+                return _read_idx_stream(stream, path, size, sha256)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # a cut stream is an EOFError
+            raise LenetError(f"{path}: corrupt gzip stream: {_one_line(e)}") from None
+        except OSError as e:
+            raise LenetError(f"{path}: cannot read it: {_one_line(e.strerror or e)}") from None
 
 
-def parse_idx(data, source="<bytes>"):
-    """Parse the decompressed bytes of an IDX file; `source` names the file in error messages.
+def _gzip_bound(size):
+    """The most bytes a gzip stream of `size` decompressed bytes can take (stored blocks, generous headers)."""
+    return size + size // 256 + (64 << 10)
+
+
+def _read_idx_stream(f, source, size, sha256, on_disk=None):
+    """The array of the IDX file read from the binary stream `f` (on_disk: its size, for a raw file)."""
+    digest = hashlib.sha256()
+
+    def read_header(n):
+        data = f.read(n)
+        digest.update(data)
+        return data
+
+    dtype, shape, header_bytes, total = _read_idx_header(read_header, source)
+    if size is not None and total != size:
+        raise LenetError(
+            f"{source}: the IDX header declares shape {shape} of {dtype.name}, {total} bytes, "
+            f"but the published file is {size} bytes (a damaged file, or another data set's)"
+        )
+    expected = total - header_bytes
+    if on_disk is not None:  # a raw file: its size alone tells truncation or trailing data
+        _check_data_length(source, shape, expected, on_disk - header_bytes)
+    array = np.empty(math.prod(shape), dtype=dtype)
+    view = memoryview(array.view(np.uint8))
+    done = 0
+    while done < expected:
+        n = f.readinto(view[done : done + IDX_READ_CHUNK_BYTES])
+        if not n:
+            break
+        digest.update(view[done : done + n])
+        done += n
+    if on_disk is None:
+        found = done + (_count_rest(f) if done == expected else 0)
+        _check_data_length(source, shape, expected, found, counted_to=MAX_TRAILING_COUNT_BYTES)
+    if sha256 is not None:
+        _check_digest(digest.hexdigest(), sha256, source)
+    return array.reshape(shape).astype(dtype.newbyteorder("="), copy=False)  # machine byte order
+
+
+def _read_idx_header(read, source):
+    """(dtype, shape, header bytes, total bytes) of an IDX header, read by `read(n)`; LenetError if malformed.
 
     Layout: two zero bytes, the element type code, the number of dimensions D, then D big-endian uint32
-    sizes, then exactly prod(sizes) big-endian elements.
+    sizes. The total is checked against MAX_IDX_BYTES here, before anyone allocates it.
     """
-    if len(data) < 4:
-        raise LenetError(f"{source}: not an IDX file: only {len(data)} bytes long")
-    if data[0] != 0 or data[1] != 0:
-        raise LenetError(f"{source}: not an IDX file: its magic number starts with {data[:2].hex()}, not 0000")
-    type_code, ndim = data[2], data[3]
+    head = read(4)
+    if len(head) < 4:
+        raise LenetError(f"{source}: not an IDX file: only {len(head)} bytes long")
+    if head[0] != 0 or head[1] != 0:
+        raise LenetError(f"{source}: not an IDX file: its magic number starts with {head[:2].hex()}, not 0000")
+    type_code, ndim = head[2], head[3]
     if type_code not in IDX_TYPES:
         known = ", ".join(f"0x{code:02x} ({dtype.name})" for code, dtype in IDX_TYPES.items())
         raise LenetError(f"{source}: unknown IDX element type code 0x{type_code:02x}; known codes: {known}")
     if ndim == 0:
         raise LenetError(f"{source}: the IDX header declares 0 dimensions")
+    if ndim > MAX_IDX_DIMS:
+        raise LenetError(f"{source}: the IDX header declares {ndim} dimensions; lenet reads 1 to {MAX_IDX_DIMS}")
+    sizes = read(4 * ndim)
     header_bytes = 4 + 4 * ndim
-    if len(data) < header_bytes:
+    if len(sizes) < 4 * ndim:
         raise LenetError(
-            f"{source}: truncated: the IDX header declares {ndim} dimensions, but the file ends after {len(data)} bytes"
+            f"{source}: truncated: the IDX header declares {ndim} dimensions, "
+            f"but the file ends after {4 + len(sizes)} bytes"
         )
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(sizes[4 * i : 4 * i + 4], "big") for i in range(ndim))
     dtype = IDX_TYPES[type_code]
-    count = math.prod(shape)
-    expected, found = count * dtype.itemsize, len(data) - header_bytes
+    if 0 in shape:
+        raise LenetError(f"{source}: the IDX header declares shape {shape}: a zero dimension, no data")
+    total = header_bytes + math.prod(shape) * dtype.itemsize  # Python integers: no overflow
+    if total > MAX_IDX_BYTES:
+        raise LenetError(
+            f"{source}: the IDX header declares shape {shape} of {dtype.name}, {total} bytes, "
+            f"more than the {MAX_IDX_BYTES} bytes lenet reads from an IDX file"
+        )
+    return dtype, shape, header_bytes, total
+
+
+def _count_rest(f):
+    """How many bytes are left in stream `f`, counted up to just past MAX_TRAILING_COUNT_BYTES, none kept."""
+    count = 0
+    while count <= MAX_TRAILING_COUNT_BYTES and (chunk := f.read(IDX_READ_CHUNK_BYTES)):
+        count += len(chunk)
+    return count
+
+
+def _check_data_length(source, shape, expected, found, counted_to=None):
+    """LenetError unless found == expected; counted_to: where the count of trailing bytes stopped, if it did."""
     if found < expected:
         raise LenetError(f"{source}: truncated: expected {expected} bytes of data, found {found}")
     if found > expected:
+        trailing = found - expected
+        counted = f"more than {counted_to}" if counted_to is not None and trailing > counted_to else trailing
         raise LenetError(
-            f"{source}: {found - expected} trailing bytes after the {expected} bytes of data "
+            f"{source}: {counted} trailing bytes after the {expected} bytes of data "
             f"that the header declares (shape {shape})"
         )
-    array = np.frombuffer(data, dtype=dtype, count=count, offset=header_bytes).reshape(shape)
+
+
+def parse_idx(data, source="<bytes>"):
+    """Parse the decompressed bytes of an IDX file held in memory; `source` names the file in error messages.
+
+    The same checks as read_idx: a malformed header is a LenetError, never a ValueError or MemoryError.
+    """
+    dtype, shape, header_bytes, total = _read_idx_header(io.BytesIO(data).read, source)
+    _check_data_length(source, shape, total - header_bytes, len(data) - header_bytes)
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header_bytes).reshape(shape)
     return array.astype(dtype.newbyteorder("="))  # a writable copy in the machine's byte order
 
 
-def _read_file(path):
-    """The bytes of the file at `path`, decompressed if they are gzip (told by the magic, not the name)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise LenetError(f"{path}: no such file") from None
-    except OSError as e:
-        raise LenetError(f"{path}: cannot read it: {e.strerror or e}") from None
-    return _gunzip_if_gzip(data, source=path)
-
-
-def _gunzip_if_gzip(data, source):
-    if data[:2] != GZIP_MAGIC:
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut stream an EOFError
-        raise LenetError(f"{source}: corrupt gzip stream: {_one_line(e)}") from None
-
-
-def _check_sha256(data, expected, source):
-    actual = hashlib.sha256(data).hexdigest()
+def _check_digest(actual, expected, source):
     if actual != expected:
         raise LenetError(
             f"{source}: SHA-256 of the decompressed data is {actual}, expected {expected} "
@@ -146,6 +246,11 @@ class DatasetInfo:
     mirrors: tuple  # base URLs, tried in order; a file's URL is mirror + file name
     system_dirs: tuple = ()  # folders where an operating system package installs the files
     hint: str = "pass --data-dir DIR, a folder with the four files"
+    # Sizes of the published files: reading and downloading are held to them. Without them, a file may be
+    # as large as its IDX header declares, up to MAX_IDX_BYTES.
+    sizes: dict = None  # file name (*.gz) -> bytes of its decompressed IDX file, header included
+    download_sizes: dict = None  # file name (*.gz) -> bytes of the .gz file as the mirrors serve it
+    image_shape: tuple = (28, 28)  # (H, W) of every image; load_dataset refuses others
     torchvision_name: str = ""  # torchvision's class and folder name: its files sit in <root>/<this>/raw
 
 
@@ -153,6 +258,14 @@ class DatasetInfo:
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+# Both data sets have 60,000 training and 10,000 test images of 28x28 pixels: the same decompressed sizes.
+IDX_SIZES = {
+    "train-images-idx3-ubyte.gz": 16 + 60000 * 28 * 28,
+    "train-labels-idx1-ubyte.gz": 8 + 60000,
+    "t10k-images-idx3-ubyte.gz": 16 + 10000 * 28 * 28,
+    "t10k-labels-idx1-ubyte.gz": 8 + 10000,
 }
 
 DATASETS = {
@@ -176,10 +289,19 @@ DATASETS = {
             "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
             "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
         },
+        # An S3 website endpoint, which serves plain HTTP only: the checksums above are what vouch for the files.
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
         hint="apt-get install dataset-fashion-mnist, or pass --data-dir DIR, a folder with the four files",
         torchvision_name="FashionMNIST",
+        sizes=IDX_SIZES,
+        # As published (each gzip header holds the file's name; Debian's copies are 24 bytes shorter).
+        download_sizes={
+            "train-images-idx3-ubyte.gz": 26421880,
+            "train-labels-idx1-ubyte.gz": 29515,
+            "t10k-images-idx3-ubyte.gz": 4422102,
+            "t10k-labels-idx1-ubyte.gz": 5148,
+        },
     ),
     "mnist": DatasetInfo(
         name="mnist",
@@ -193,6 +315,13 @@ DATASETS = {
         # PyTorch's own copy first: the original site has answered 403 and 404 for years at a time.
         mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
         torchvision_name="MNIST",
+        sizes=IDX_SIZES,
+        download_sizes={
+            "train-images-idx3-ubyte.gz": 9912422,
+            "train-labels-idx1-ubyte.gz": 28881,
+            "t10k-images-idx3-ubyte.gz": 1648877,
+            "t10k-labels-idx1-ubyte.gz": 4542,
+        },
     ),
 }
 
@@ -274,55 +403,226 @@ def download_dataset(info, folder):
     """Download the files of `info` that `folder` lacks, each from the first mirror that gives good data."""
     for name, sha256 in info.sha256.items():
         if find_file(folder, name) is None:
-            download_file([mirror + name for mirror in info.mirrors], Path(folder) / name, sha256)
+            size = (info.sizes or {}).get(name)
+            download_file(
+                [mirror + name for mirror in info.mirrors],
+                Path(folder) / name,
+                sha256,
+                max_bytes=_download_cap(info, name),
+                size=size,
+            )
 
 
-def download_file(urls, dest, sha256):
+def _download_cap(info, name):
+    """The most bytes to take from a server for file `name`: the published size with some slack for a
+    mirror that recompressed it, else the most that any gzip stream of the file's content can take."""
+    published = (info.download_sizes or {}).get(name)
+    if published is not None:
+        return published + published // 8 + (64 << 10)
+    return _gzip_bound((info.sizes or {}).get(name) or MAX_IDX_BYTES)
+
+
+def download_file(urls, dest, sha256, max_bytes=None, size=None):
     """Fetch the first of `urls` whose content checks out against `sha256` and write it to `dest`.
 
-    The download is held in memory (26 MB at most here) and checked before anything is written, and the
-    write is atomic, so a broken or interrupted download never lands at `dest`.
+    Each body is streamed into a temporary file beside `dest` and hashed (decompressed) as it arrives; at
+    most `max_bytes` are taken (default: any gzip of an IDX file lenet reads), the decompressed data must
+    be `size` bytes when given, and a whole file gets DOWNLOAD_DEADLINE_S however slowly the server sends
+    it. The temporary file is renamed to `dest` only once its SHA-256 matches, so a broken, endless or
+    interrupted download never lands there.
     """
+    dest = Path(dest)
+    max_bytes = _gzip_bound(MAX_IDX_BYTES) if max_bytes is None else max_bytes
+    created = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
     errors = []
     for url in urls:
         try:
-            data = _fetch(url, desc=dest.name)
-            _check_sha256(_gunzip_if_gzip(data, source=url), sha256, source=url)
+            _download(url, dest, sha256, max_bytes, size)
+            return
         except LenetError as e:
             errors.append(str(e))
-            continue
-        try:
-            with atomic_write(dest, "wb") as f:
-                f.write(data)
-        except OSError as e:  # a read-only cache, a full disk
+        except OSError as e:  # writing: a read-only cache, a full disk (network errors are LenetErrors)
             raise LenetError(f"{dest}: cannot write it: {_one_line(e)}") from None
-        return
+    for folder in created:  # deepest first; only the empty folders this call made
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     raise LenetError(f"{dest.name}: " + ("; ".join(errors) or "no mirror to download it from"))
 
 
-def _fetch(url, desc):
-    """The body of `url`, with a progress bar on stderr; LenetError for any failure or short body."""
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+def _download(url, dest, sha256, max_bytes, size):
+    """Stream `url` into `dest` through a temporary file; LenetError for any failure of the server or data."""
+    with _Deadline(DOWNLOAD_DEADLINE_S, url) as deadline:
+        response = deadline.call(lambda: _open_url(url, deadline))
+        with response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            chunks = []
-            with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr) as bar:
-                while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
-                    chunks.append(chunk)
+            if total is not None and total > max_bytes:
+                raise LenetError(f"{url}: the server announces {total} bytes, more than the {max_bytes} expected")
+            digest = _DecompressedDigest(url, size if size is not None else MAX_IDX_BYTES)
+            received = 0
+            with (
+                atomic_write(dest, "wb") as f,
+                tqdm(total=total, desc=dest.name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr) as bar,
+            ):
+                while chunk := deadline.call(lambda: response.read1(DOWNLOAD_CHUNK_BYTES)):
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise LenetError(f"{url}: the body goes on past {max_bytes} bytes, more than expected")
+                    digest.update(chunk)
+                    f.write(chunk)
                     bar.update(len(chunk))
-    except urllib.error.HTTPError as e:
-        e.close()  # it holds the response body open
-        raise LenetError(f"{url}: HTTP {e.code} {_one_line(e.reason)}") from None
-    except urllib.error.URLError as e:
-        raise LenetError(f"{url}: {_one_line(e.reason)}") from None
-    except (OSError, http.client.HTTPException) as e:  # a timeout or a dropped connection mid-body
-        raise LenetError(f"{url}: {type(e).__name__}: {_one_line(e)}") from None
-    data = b"".join(chunks)
-    # http.client returns a short body without complaint when the server closes early: check it here.
-    if total is not None and len(data) != total:
-        raise LenetError(f"{url}: truncated download: received {len(data)} of {total} bytes")
-    return data
+                    deadline.check(received, total)
+                deadline.check(received, total)  # an end of the body can be the deadline's cut
+                # http.client returns a short body without complaint when the server closes early: check it here.
+                if total is not None and received != total:
+                    raise LenetError(f"{url}: truncated download: received {received} of {total} bytes")
+                _check_digest(digest.hexdigest(), sha256, source=url)  # else the temporary file goes
+
+
+def _open_url(url, deadline):
+    """The HTTP response for `url`, through an opener whose connections `deadline` can cut."""
+    opener = urllib.request.build_opener(_DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline))
+    return opener.open(url, timeout=max(0.001, min(DOWNLOAD_TIMEOUT_S, deadline.left())))
+
+
+class _Deadline:
+    """An overall time limit for one download, whatever the server does.
+
+    A per-read socket timeout cannot bound a server that sends one byte just before each timeout, in the
+    body or in its headers. So a timer shuts the connection's socket down when the time is up: the read
+    blocked on it returns at once, and `call` turns what follows into one LenetError that says why.
+    """
+
+    def __init__(self, seconds, url):
+        self.seconds, self.url = seconds, url
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._sockets = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+
+    def left(self):
+        return self.end - time.monotonic()
+
+    def _expire(self):
+        self.expired = True
+        for sock in list(self._sockets):
+            self._cut(sock)
+
+    @staticmethod
+    def _cut(sock):
+        with contextlib.suppress(OSError):  # already closed
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, under any TLS layer
+
+    def watch(self, http_class):
+        """A factory of http_class connections whose sockets this deadline can cut once connected."""
+
+        def make(*args, **kwargs):
+            conn = http_class(*args, **kwargs)
+            connect = conn.connect
+
+            def connect_and_watch():
+                connect()
+                self._sockets.append(conn.sock)
+                if self.expired:  # the timer fired while connecting
+                    self._cut(conn.sock)
+
+            conn.connect = connect_and_watch
+            return conn
+
+        return make
+
+    def check(self, received=0, total=None):
+        if self.expired or time.monotonic() > self.end:
+            of = f" of {total}" if total is not None else ""
+            raise LenetError(
+                f"{self.url}: not finished after {self.seconds} s (received {received}{of} bytes); "
+                "the server is too slow or stalled"
+            )
+
+    def call(self, read):
+        """read(), with a network failure (or the cut of an expired deadline) as one LenetError."""
+        try:
+            return read()
+        except urllib.error.HTTPError as e:
+            e.close()  # it holds the response body open
+            raise LenetError(f"{self.url}: HTTP {e.code} {_one_line(e.reason)}") from None
+        except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
+            self.check()
+            reason = e.reason if isinstance(e, urllib.error.URLError) else f"{type(e).__name__}: {e}"
+            raise LenetError(f"{self.url}: {_one_line(reason)}") from None
+
+
+class _DeadlineMixin:
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(self.deadline.watch(http_class), req, **kwargs)
+
+
+class _DeadlineHTTPHandler(_DeadlineMixin, urllib.request.HTTPHandler):
+    def __init__(self, deadline):
+        super().__init__()
+        self.deadline = deadline
+
+
+class _DeadlineHTTPSHandler(_DeadlineMixin, urllib.request.HTTPSHandler):
+    def __init__(self, deadline):
+        super().__init__()
+        self.deadline = deadline
+
+
+class _DecompressedDigest:
+    """The SHA-256 of the decompressed bytes of a body fed piece by piece, as hashlib's update/hexdigest.
+
+    A gzip body (told by its magic) is decompressed in bounded pieces and never kept; more than `limit`
+    decompressed bytes is refused as soon as it is seen. A body that is not gzip is hashed as it is.
+    """
+
+    def __init__(self, source, limit):
+        self.source, self.limit = source, limit
+        self._sha = hashlib.sha256()
+        self._head = b""  # the first bytes, until there are two to tell gzip by
+        self._gzipped = None
+        self._member = None
+        self._size = 0
+
+    def update(self, data):
+        if self._gzipped is None:
+            self._head += data
+            if len(self._head) < len(GZIP_MAGIC):
+                return
+            data, self._head = self._head, b""
+            self._gzipped = data.startswith(GZIP_MAGIC)
+        if not self._gzipped:
+            self._add(data)
+            return
+        try:
+            while data:  # a gzip file may hold several members, one after the other
+                if self._member is None or self._member.eof:
+                    self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._add(self._member.decompress(data, IDX_READ_CHUNK_BYTES))
+                data = self._member.unused_data if self._member.eof else self._member.unconsumed_tail
+        except zlib.error as e:
+            raise LenetError(f"{self.source}: corrupt gzip stream: {_one_line(e)}") from None
+
+    def _add(self, data):
+        self._size += len(data)
+        if self._size > self.limit:
+            raise LenetError(f"{self.source}: the data unpacks to more than the {self.limit} bytes expected")
+        self._sha.update(data)
+
+    def hexdigest(self):
+        if self._gzipped is None:  # fewer than two bytes in all
+            self._add(self._head)
+        elif self._gzipped and not self._member.eof:
+            raise LenetError(f"{self.source}: corrupt gzip stream: it ends before the end of its compressed data")
+        return self._sha.hexdigest()
 
 
 def _one_line(message):
@@ -351,6 +651,11 @@ def load_dataset(dataset="fashion-mnist", split="train", data_dir=None, download
         raise LenetError(
             f"{labels_path}: expected integer labels of shape (N,), found {labels.dtype} of shape {labels.shape}"
         )
+    if info.image_shape is not None and images.shape[1:] != tuple(info.image_shape):
+        h, w = info.image_shape
+        raise LenetError(
+            f"{images_path}: images of {images.shape[1]}x{images.shape[2]} pixels; {info.name} has {h}x{w}"
+        )
     if len(images) != len(labels):
         raise LenetError(f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels")
     num_classes = len(info.class_names)
@@ -358,7 +663,8 @@ def load_dataset(dataset="fashion-mnist", split="train", data_dir=None, download
         raise LenetError(
             f"{labels_path}: labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}"
         )
-    images = images.astype(np.float32)[:, None] / np.float32(255)  # (N, 1, H, W)
+    images = images.astype(np.float32)[:, None]  # (N, 1, H, W)
+    images /= np.float32(255)  # in place: the float32 copy is the largest thing loading makes
     return images, labels.astype(np.int64), info.class_names
 
 
@@ -366,9 +672,7 @@ def _load_checked(info, folder, name):
     path = find_file(folder, name)
     if path is None:  # it vanished since find_dataset saw it
         raise LenetError(f"{Path(folder) / name}: no such file")
-    data = _read_file(path)
-    _check_sha256(data, info.sha256[name], source=path)
-    return parse_idx(data, source=path), path
+    return read_idx(path, size=(info.sizes or {}).get(name), sha256=info.sha256[name]), path
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .backend import get_array_module, get_backend, to_numpy
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_resume_state, load_checkpoint, save_checkpoint
 from .data import AUGMENT_MIRROR, augment, iterate_batches, load_dataset, num_batches, train_val_split
 from .errors import LenetError
 from .files import atomic_write
@@ -358,10 +358,7 @@ def _resume(config, last_path):
     if not last_path.exists():
         raise LenetError(f"nothing to resume in {last_path.parent}: it has no last.npz")
     state, meta, optimizer_state = load_checkpoint(last_path)
-    missing = [k for k in ("train_config", "epoch", "history", "best_val_acc", "rng_state") if k not in meta]
-    if missing or "steps" not in optimizer_state:
-        missing += [] if "steps" in optimizer_state else ["optimizer state"]
-        raise LenetError(f"{last_path} is not a resumable checkpoint (missing: {', '.join(missing)})")
+    check_resume_state(meta, optimizer_state, last_path)  # every field used below: types, ranges, shapes
     try:
         stored = TrainConfig(**meta["train_config"])
     except TypeError as e:

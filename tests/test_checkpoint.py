@@ -1,19 +1,29 @@
+import dataclasses
+import io
 import json
 import os
+import struct
+import subprocess
 import sys
+import tracemalloc
 import zipfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
 import lenet
-from lenet.checkpoint import META_KEY, load_checkpoint, model_from_checkpoint, save_checkpoint
+from lenet.checkpoint import META_KEY, check_resume_state, load_checkpoint, model_from_checkpoint, save_checkpoint
 from lenet.errors import LenetError
 from lenet.files import atomic_write
 from lenet.layers import SoftmaxCrossEntropy
 from lenet.model import LeNet5
 from lenet.optim import SGD, Adam
+from lenet.trainer import TrainConfig, make_optimizer
+
+REPO = Path(__file__).resolve().parents[1]
 
 # PyTorch's state dict of the same model: nn.Conv2d / nn.Linear attributes c1, c3, f5, f6, f7.
 TORCH_SHAPES = {
@@ -65,7 +75,7 @@ def leftovers(folder, keep):
 def test_round_trip_gives_the_same_logits_bit_for_bit(tmp_path, activation, pool, dtype):
     model = random_model(activation, pool, dtype)
     path = tmp_path / "model.npz"
-    meta = {"epoch": 3, "val_acc": 0.8125, "dataset": "fashion-mnist", "class_names": ["a", "b"]}
+    meta = {"epoch": 3, "val_acc": 0.8125, "dataset": "fashion-mnist", "class_names": list("abcdefghij")}
     save_checkpoint(path, model, meta)
 
     loaded, loaded_meta = model_from_checkpoint(path)
@@ -176,7 +186,7 @@ BAD_FILES = {
     "metadata not an object": (lambda p: write_npz(p, lenet_arrays({META_KEY: np.array("[1, 2]")})), "not an object"),
     "strings for weights": (
         lambda p: write_npz(p, lenet_arrays({"c3.bias": np.array(["x"] * 16)})),
-        "not numbers: c3.bias",
+        "entry c3.bias holds <U1, not numbers",
     ),
 }
 
@@ -200,7 +210,7 @@ def test_refuses_what_is_not_a_lenet_checkpoint(tmp_path, case):
             r"c1\.weight has shape \(6, 1, 3, 3\), expected \(6, 1, 5, 5\)",
         ),
         ({"f7.bias": None}, r"missing keys: f7\.bias"),
-        ({"f8.weight": np.zeros(3, np.float32)}, r"unexpected keys: f8\.weight"),
+        ({"f8.weight": np.zeros(3, np.float32)}, r"unexpected entry 'f8\.weight\.npy'"),
         ({META_KEY: np.array(json.dumps({"epoch": 1}))}, "no architecture"),
         ({META_KEY: np.array(json.dumps({"architecture": {"activation": "swish", "pool": "avg"}}))}, "swish"),
         ({META_KEY: np.array(json.dumps({"architecture": {"activation": "relu", "depth": 3}}))}, "depth"),
@@ -272,3 +282,401 @@ def test_saved_files_get_the_permissions_of_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert (tmp_path / "model.npz").stat().st_mode & 0o777 == mode
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Crafted checkpoints: each class of hostile file is one LenetError, found before anything big is read
+
+
+def npy_bytes(array):
+    out = io.BytesIO()
+    np.lib.format.write_array(out, np.asanyarray(array), allow_pickle=False)
+    return out.getvalue()
+
+
+def npy_with_header(header, data=b"", version=(1, 0)):
+    """A .npy file with the header text given (padded as numpy pads it) and raw data after it."""
+    header = header.encode("latin1")
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    size = struct.pack("<H", len(header)) if version[0] == 1 else struct.pack("<I", len(header))
+    return b"\x93NUMPY" + bytes(version) + size + header + data
+
+
+def zip_entry(name, data, **fields):
+    """An entry for build_zip: data as it sits in the zip (already compressed if method is 8)."""
+    entry = {"name": name, "data": data, "method": 0, "flags": 0, "version": 20, "crc": zlib.crc32(data)}
+    entry["file_size"] = len(data)
+    entry.update(fields)
+    return entry
+
+
+def build_zip(entries, directory_size=None):
+    """The bytes of a zip archive, written field by field so that any field can be what a test needs."""
+    local, central = b"", b""
+    for e in entries:
+        name = e["name"].encode()
+        offset = len(local)
+        local += struct.pack(
+            "<4s2B4HL2L2H", b"PK\x03\x04", e["version"], 0, e["flags"], e["method"], 0, 0x21,
+            e["crc"], len(e["data"]), e["file_size"], len(name), 0,
+        ) + name + e["data"]  # fmt: skip
+        central += struct.pack(
+            "<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, e["version"], 0, e["flags"], e["method"], 0, 0x21,
+            e["crc"], len(e["data"]), e["file_size"], len(name), 0, 0, 0, 0, 0o644 << 16, offset,
+        ) + name  # fmt: skip
+    size = len(central) if directory_size is None else directory_size
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), size, len(local), 0)
+    return local + central + end
+
+
+def good_entries(meta=None, **arrays):
+    """The entries of a valid lenet checkpoint (random weights), with `meta` and extra or changed arrays."""
+    meta = {"architecture": {"activation": "sigmoid", "pool": "avg"}, "epoch": 1} if meta is None else meta
+    values = {**random_model().state_dict(), META_KEY: np.array(json.dumps(meta)), **arrays}
+    return [
+        zip_entry(f"{key}.npy", data if isinstance(data, bytes) else npy_bytes(data)) for key, data in values.items()
+    ]
+
+
+def with_entry(name, **fields):
+    """good_entries with the fields of entry `name` changed."""
+    entries = good_entries()
+    for e in entries:
+        if e["name"] == name:
+            e.update(fields)
+    return build_zip(entries)
+
+
+def deflated_zeros(size):
+    """A raw deflate stream that inflates to `size` zero bytes (a multiple of 1 MiB), built in a few ms."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = c.compress(bytes(1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)  # each repeat inflates to 1 MiB more
+    return block * (size >> 20) + c.flush()
+
+
+def three_2gib_bombs():
+    stream = deflated_zeros(2 << 30)  # about 2 MB
+    entries = good_entries()
+    for e in entries[:3]:
+        e.update(data=stream, method=zipfile.ZIP_DEFLATED, file_size=2 << 30, crc=0)
+    return build_zip(entries)
+
+
+def meta_zip(meta_text):
+    return build_zip(good_entries(**{META_KEY: npy_bytes(np.array(meta_text))}))
+
+
+def meta_with(**fields):
+    return meta_zip(json.dumps({"architecture": {"activation": "sigmoid", "pool": "avg"}, **fields}))
+
+
+def arch_with(**fields):
+    return meta_zip(json.dumps({"architecture": {"activation": "sigmoid", "pool": "avg", **fields}}))
+
+
+def sparse_file(path, size):
+    with open(path, "wb") as f:
+        f.write(build_zip(good_entries()))
+        f.truncate(size)
+
+
+F4_6 = "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), }"
+
+CRAFTED = {
+    # the zip's directory
+    "entry that is not a .npy": (lambda: build_zip(good_entries()[1:] + [zip_entry("c1.weight", b"x")]),
+                                 "unexpected entry 'c1.weight'"),
+    "entry with a path": (lambda: build_zip(good_entries() + [zip_entry("../c1.bias.npy", b"x")]), "unexpected entry"),
+    "entry named twice": (lambda: build_zip(good_entries() + good_entries()[:1]), "'c1.weight.npy' appears twice"),
+    "unknown optimizer entry": (lambda: build_zip(good_entries(**{"optimizer/w.0": np.zeros(3)})), "unexpected entry"),
+    "compression method 99": (lambda: with_entry("c1.bias.npy", method=99), "compression method 99"),
+    "compression method 12 (bzip2)": (lambda: with_entry("f7.bias.npy", method=12), "compression method 12"),
+    "encryption bit": (lambda: with_entry("c1.bias.npy", flags=0x1), "is encrypted (zip flags 0x0001)"),
+    "strong encryption bit": (lambda: with_entry("c3.bias.npy", flags=0x41), "is encrypted (zip flags 0x0041)"),
+    "patched-data flag": (lambda: with_entry("c3.bias.npy", flags=0x20), "zip flags 0x0020 that lenet does not read"),
+    "version needed 9.9": (lambda: with_entry("c1.bias.npy", version=99), "zip file version 9.9"),
+    "version needed 6.4": (lambda: with_entry("c1.bias.npy", version=64), "zip file version 6.4"),
+    "three deflated 2 GiB entries": (three_2gib_bombs, "declares 2147483648 bytes uncompressed, more than the"),
+    "meta declares 1 GiB": (lambda: with_entry("lenet_meta.npy", file_size=1 << 30), "that lenet_meta can need"),
+    "bad CRC": (lambda: with_entry("c1.bias.npy", crc=1), "Bad CRC-32"),
+    "zip directory of 1 GiB": (lambda: build_zip(good_entries(), directory_size=1 << 30),
+                               "its zip directory is 1073741824 bytes"),
+    "zip cut in half": (lambda: build_zip(good_entries())[:100000], "not an .npz file"),
+    # the .npy headers and data
+    "not a .npy": (lambda: with_entry("c1.bias.npy", data=b"hello", crc=zlib.crc32(b"hello"), file_size=5),
+                   "not a readable .npz file"),
+    "npy version 3.0": (lambda: build_zip(good_entries(**{"c1.bias": npy_with_header(F4_6, bytes(24), (3, 0))})),
+                        "format version 3.0"),
+    "npy version 9.9": (lambda: build_zip(good_entries(**{"c1.bias": npy_with_header(F4_6, bytes(24), (9, 9))})),
+                        "format version 9.9"),
+    "npy shape (10**12,)": (
+        lambda: build_zip(good_entries(**{"c1.bias": npy_with_header(F4_6.replace("(6,)", "(10**12,)"))})),
+        "not a readable .npz file",
+    ),
+    "npy shape 10**12 written out": (
+        lambda: build_zip(good_entries(**{"c1.bias": npy_with_header(F4_6.replace("(6,)", f"({10**12},)"))})),
+        "entry c1.bias has shape (1000000000000,), expected (6,)",
+    ),
+    "npy header unterminated": (
+        lambda: build_zip(good_entries(**{"c1.bias": npy_with_header("{'descr': '<f4', 'fortran_order': Fal")})),
+        "not a readable .npz file",
+    ),
+    "npy header unterminated string": (
+        lambda: build_zip(good_entries(**{"c1.bias": npy_with_header("{'descr': '<f4")})), "not a readable .npz file"
+    ),
+    "npy header not a dict": (lambda: build_zip(good_entries(**{"c1.bias": npy_with_header("[1, 2]")})),
+                              "not a readable .npz file"),
+    "npy header of 60,000 bytes": (
+        lambda: build_zip(good_entries(**{META_KEY: npy_with_header("{'descr': '<U2', 'fortran_order': False, "
+                                                                    "'shape': (), }" + " " * 60000, bytes(8))})),
+        "not a readable .npz file",
+    ),
+    "npy header of 60,000 bytes for 24 bytes of data": (
+        lambda: build_zip(good_entries(**{"c1.bias": npy_with_header(F4_6 + " " * 60000)})),
+        "entry 'c1.bias.npy' declares 60096 bytes uncompressed, more than the 4144",
+    ),
+    "npy object dtype": (lambda: build_zip(good_entries(**{"c1.bias": npy_with_header(F4_6.replace("<f4", "|O"))})),
+                         "entry c1.bias holds |O, not numbers"),
+    "npy float16 weights": (lambda: build_zip(good_entries(**{"c1.bias": np.zeros(6, np.float16)})),
+                            "entry c1.bias holds <f2, not numbers"),
+    "npy data cut short": (lambda: build_zip(good_entries(**{"c1.bias": npy_with_header(F4_6, bytes(20))})),
+                           "entry c1.bias: truncated: expected 24 bytes of data, found 20"),
+    "npy data too long": (lambda: build_zip(good_entries(**{"c1.bias": npy_with_header(F4_6, bytes(28))})),
+                          "entry c1.bias: data after the 24 bytes"),
+    "meta as numbers": (lambda: build_zip(good_entries(**{META_KEY: np.zeros(())})), "entry lenet_meta holds <f8"),
+    "meta declares 10**8 characters": (
+        lambda: build_zip(good_entries(**{META_KEY: npy_with_header("{'descr': '<U100000000', 'fortran_order': "
+                                                                    "False, 'shape': (), }")})),
+        "holds <U100000000, not a string of at most 1048576 characters",
+    ),
+    "optimizer state of the wrong shape": (lambda: build_zip(good_entries(**{"optimizer/m.0": np.zeros(3)})),
+                                           "entry optimizer/m.0 has shape (3,), expected (6, 1, 5, 5)"),
+    "optimizer steps as a float": (lambda: build_zip(good_entries(**{"optimizer/steps": np.array(2.5)})),
+                                   "entry optimizer/steps holds <f8, not an integer"),
+    # the metadata JSON
+    "meta nested 100,000 deep": (lambda: meta_zip('{"a": ' + "[" * 100000 + "]" * 100000 + "}"), "nested more than 8"),
+    "meta nested 20 deep": (lambda: meta_zip('{"a": ' + "[" * 20 + "]" * 20 + "}"), "nested more than 8 deep"),
+    "5,000-digit integer": (lambda: meta_zip('{"epoch": ' + "9" * 5000 + "}"), "an integer of 5000 digits"),
+    "41-digit integer": (lambda: meta_zip('{"epoch": -' + "9" * 41 + "}"), "an integer of 41 digits"),
+    "architecture.seed -1": (lambda: arch_with(seed=-1), "architecture.seed must be a whole number >= 0, not -1"),
+    "architecture.seed 1.5": (lambda: arch_with(seed=1.5), "architecture.seed must be a whole number >= 0, not 1.5"),
+    "architecture a list": (lambda: meta_with(architecture=["sigmoid"]), "architecture must be an object"),
+    "architecture.activation a number": (lambda: arch_with(activation=3), "architecture.activation must be one of"),
+    "architecture.pool unknown": (lambda: arch_with(pool="min"), "architecture.pool must be one of avg, max, not"),
+    "architecture option unknown": (lambda: arch_with(input_grad=True), "unknown architecture options 'input_grad'"),
+    "dataset as a list": (lambda: meta_with(dataset=["fashion-mnist"]), "dataset must be one of fashion-mnist, mnist"),
+    "dataset unknown": (lambda: meta_with(dataset="cifar"), "dataset must be one of fashion-mnist, mnist, not 'cifar'"),
+    "class_names of 9": (lambda: meta_with(class_names=list("abcdefghi")), "class_names must be a list of 10 strings"),
+    "class_names numbers": (lambda: meta_with(class_names=list(range(10))), "class_names must be a list of 10"),
+    "epoch 1.5": (lambda: meta_with(epoch=1.5), "epoch must be a whole number >= 1, not 1.5"),
+    "epoch 0": (lambda: meta_with(epoch=0), "epoch must be a whole number >= 1, not 0"),
+    "epoch a string": (lambda: meta_with(epoch="3"), "epoch must be a whole number >= 1, not '3'"),
+    "epoch true": (lambda: meta_with(epoch=True), "epoch must be a whole number >= 1, not True"),
+    "epoch a dict": (lambda: meta_with(epoch={"n": 1}), "epoch must be a whole number >= 1, not {'n': 1}"),
+    "val_acc a string": (lambda: meta_with(val_acc="0.9"), "val_acc must be a number from 0 to 1, not '0.9'"),
+    "val_acc 1.5": (lambda: meta_with(val_acc=1.5), "val_acc must be a number from 0 to 1, not 1.5"),
+    "val_acc NaN": (lambda: meta_zip('{"val_acc": NaN}'), "val_acc must be a number from 0 to 1, not nan"),
+    "dtype float16": (lambda: meta_with(dtype="float16"), "dtype must be one of float32, float64, not 'float16'"),
+    "lenet_version a number": (lambda: meta_with(lenet_version=1), "lenet_version must be a string, not 1"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_crafted_checkpoints_are_refused_in_one_line_with_little_memory(tmp_path, case):
+    make, expected = CRAFTED[case]
+    path = tmp_path / "model.npz"
+    path.write_bytes(make())
+    tracemalloc.start()
+    try:
+        with pytest.raises(LenetError) as info:
+            model_from_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert message.startswith(f"checkpoint {path}: "), message
+    assert expected in message, message
+    assert "\n" not in message and len(message) < 500, message
+    assert peak < 16 << 20, f"peak {peak} bytes"
+
+
+def test_a_checkpoint_larger_than_any_lenet_one_is_refused_from_its_size(tmp_path):
+    path = tmp_path / "model.npz"
+    sparse_file(path, 64 << 20)
+    with pytest.raises(LenetError, match="67108864 bytes, more than the 33554432 a LeNet-5 checkpoint can need"):
+        load_checkpoint(path)
+
+
+def test_the_crafted_files_differ_from_a_good_one_only_where_meant(tmp_path):
+    """The builders make loadable checkpoints when nothing is changed, so each refusal above is its change's."""
+    path = tmp_path / "model.npz"
+    for data in (build_zip(good_entries()), with_entry("c1.bias.npy"), meta_with(), arch_with(seed=3)):
+        path.write_bytes(data)
+        model, meta = model_from_checkpoint(path)
+        assert np.array_equal(model.forward(images()), random_model().forward(images()))
+    path.write_bytes(meta_zip('{"architecture": {"activation": "relu", "pool": "max"}, "n": ' + "9" * 39 + "}"))
+    assert load_checkpoint(path)[1]["n"] == int("9" * 39)  # 39 digits, as a PCG64 state has, are fine
+    deflated = good_entries()
+    for e in deflated:
+        c = zlib.compressobj(6, zlib.DEFLATED, -15)
+        e.update(data=c.compress(e["data"]) + c.flush(), method=zipfile.ZIP_DEFLATED)
+    path.write_bytes(build_zip(deflated))
+    assert np.array_equal(model_from_checkpoint(path)[0].forward(images()), random_model().forward(images()))
+    np.savez_compressed(path, **random_model().state_dict(), lenet_meta=np.array(json.dumps({"epoch": 1})))
+    assert set(load_checkpoint(path)[0]) == set(TORCH_SHAPES)  # numpy's own compressed form
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The resume state of last.npz, checked against a schema
+
+
+def resume_state(optimizer="adam"):
+    """(meta, optimizer_state) as fit saves them in last.npz after two epochs."""
+    config = {
+        k: v for k, v in dataclasses.asdict(TrainConfig(optimizer=optimizer)).items() if k not in ("resume", "progress")
+    }
+    model = random_model()
+    opt = make_optimizer(TrainConfig(optimizer=optimizer), model)
+    x, y = images(4), np.arange(4)
+    loss_fn = SoftmaxCrossEntropy()
+    loss_fn.forward(model.forward(x), y)
+    model.backward(loss_fn.backward())
+    opt.step()
+    rng = np.random.default_rng([0, 1])
+    rng.random(3)
+    meta = {
+        "epoch": 2,
+        "val_acc": 0.5,
+        "best_val_acc": 0.5,
+        "history": [[1, 2.1, 0.3, 2.0, 0.4, 1.5], [2, 1.9, 0.45, 1.8, 0.5, 1.4]],
+        "rng_state": json.loads(json.dumps(rng.bit_generator.state)),
+        "train_config": config,
+    }
+    return meta, opt.state_dict()
+
+
+def edited(change, optimizer="adam"):
+    meta, state = resume_state(optimizer)
+    change(meta, state)
+    return meta, state
+
+
+RESUME_EDITS = {
+    "epoch a dict": (lambda m, s: m.update(epoch={"n": 2}), "epoch must be a whole number >= 1"),
+    "epoch 1.5": (lambda m, s: m.update(epoch=1.5), "epoch must be a whole number >= 1, not 1.5"),
+    "history not a list": (lambda m, s: m.update(history="1,2"), "history must be a list of 1 to 2 rows"),
+    "history longer than the epochs": (lambda m, s: m["history"].append(m["history"][-1]), "history must be a list"),
+    "history row of 5": (lambda m, s: m["history"][1].pop(), "history[1] must be 6 finite numbers"),
+    "history row of strings": (lambda m, s: m["history"].__setitem__(0, list("abcdef")), "history[0] must be 6"),
+    "history with NaN": (lambda m, s: m["history"][0].__setitem__(3, float("nan")), "history[0] must be 6 finite"),
+    "history out of order": (lambda m, s: m["history"].reverse(), "history[1] must be a row of an epoch after 2"),
+    "history epoch 1.0": (lambda m, s: m["history"][0].__setitem__(0, 1.0), "history[0] must be a row of an epoch"),
+    "history behind the epoch": (lambda m, s: m.update(epoch=3), "history must be rows up to epoch 3"),
+    "best_val_acc a string": (lambda m, s: m.update(best_val_acc="0.5"), "best_val_acc must be a number from 0 to 1"),
+    "rng_state of MT19937": (lambda m, s: m["rng_state"].update(bit_generator="MT19937"), "rng_state.bit_generator"),
+    "rng_state a list": (lambda m, s: m.update(rng_state=[1, 2]), "rng_state must be an object with bit_generator"),
+    "rng_state.state.state negative": (lambda m, s: m["rng_state"]["state"].update(state=-1), "rng_state.state.state"),
+    "rng_state.state.inc even": (lambda m, s: m["rng_state"]["state"].update(inc=2), "state.inc must be an odd"),
+    "rng_state.has_uint32 2": (lambda m, s: m["rng_state"].update(has_uint32=2), "rng_state.has_uint32 must be 0 or 1"),
+    "train_config a list": (lambda m, s: m.update(train_config=[]), "train_config must be an object"),
+    "train_config unknown option": (lambda m, s: m["train_config"].update(depth=3), "train_config.'depth' is not an"),
+    "train_config.lr a string": (lambda m, s: m["train_config"].update(lr="0.1"), "train_config.lr must be a positive"),
+    "train_config.batch_size 2.5": (lambda m, s: m["train_config"].update(batch_size=2.5), "train_config.batch_size"),
+    "train_config.augment 1": (lambda m, s: m["train_config"].update(augment=1), "train_config.augment must be one of"),
+    "train_config.augment rotate": (
+        lambda m, s: m["train_config"].update(augment="rotate"),
+        "train_config.augment must be one of none, shift, affine",
+    ),
+    "train_config.epochs null": (lambda m, s: m["train_config"].update(epochs=None), "train_config.epochs must be a"),
+    "train_config.optimizer rmsprop": (lambda m, s: m["train_config"].update(optimizer="rmsprop"),
+                                       "train_config.optimizer must be one of sgd, adam"),
+    "train_config.val_fraction 1": (lambda m, s: m["train_config"].update(val_fraction=1), "train_config.val_fraction"),
+    "train_config.limit 1": (lambda m, s: m["train_config"].update(limit=1), "train_config.limit must be a whole"),
+    "train_config.data_dir a number": (lambda m, s: m["train_config"].update(data_dir=3), "train_config.data_dir must"),
+    "threads -3": (lambda m, s: m["train_config"].update(threads=-3), "train_config.threads must be a whole number"),
+    "threads 100,000,000": (lambda m, s: m["train_config"].update(threads=10**8), "from 1 to 1024 or null"),
+    "optimizer array of the wrong shape": (lambda m, s: s.update({"m.3": np.zeros(5, np.float32)}),
+                                           "optimizer/m.3 must be a float array of shape (16,)"),
+    "optimizer array of another optimizer": (lambda m, s: s.update({"velocity.0": np.zeros((6, 1, 5, 5))}),
+                                             "optimizer/velocity.0 must be absent"),
+    "optimizer arrays half there": (lambda m, s: s.pop("v.9"), "optimizer/v.* must be one array per parameter"),
+    "negative step count": (lambda m, s: s.update(steps=np.array(-1)), "optimizer/steps must be a whole number >= 0"),
+    "step count a float": (lambda m, s: s.update(steps=np.array(1.5)), "optimizer/steps must be a whole number"),
+    "lr zero": (lambda m, s: s.update(lr=np.array(0.0)), "optimizer/lr must be a positive number"),
+    "lr infinite": (lambda m, s: s.update(lr=np.array(np.inf)), "optimizer/lr must be a positive number"),
+    "no rng_state": (lambda m, s: m.pop("rng_state"), "(missing: rng_state)"),
+    "no step count": (lambda m, s: s.pop("steps"), "(missing: optimizer state)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(RESUME_EDITS))
+def test_resume_state_is_checked_field_by_field(case):
+    change, expected = RESUME_EDITS[case]
+    meta, state = edited(change)
+    with pytest.raises(LenetError) as info:
+        check_resume_state(meta, state, "runs/x/last.npz")
+    message = str(info.value)
+    assert message.startswith("runs/x/last.npz is not a resumable checkpoint"), message
+    assert expected in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_resume_state_fit_saves_passes_through_a_checkpoint(tmp_path, optimizer):
+    meta, state = resume_state(optimizer)
+    path = tmp_path / "last.npz"
+    save_checkpoint(path, random_model(), meta, state)
+    _, loaded_meta, loaded_state = load_checkpoint(path)
+    assert check_resume_state(loaded_meta, loaded_state, path) is None
+    assert set(loaded_state) == set(state)
+    # The config it holds is one that TrainConfig takes and passes.
+    TrainConfig(**loaded_meta["train_config"]).check()
+
+
+def test_the_schema_covers_every_option_of_train_config():
+    from lenet.checkpoint import _train_config_ranges
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(_train_config_ranges()) == fields, "give each new TrainConfig field its range in checkpoint.py"
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST is not installed")
+def test_the_last_checkpoint_of_a_real_run_passes_the_schema(tmp_path):
+    from lenet.trainer import fit
+
+    config = TrainConfig(epochs=2, limit=64, batch_size=16, threads=1, progress=False, out=str(tmp_path))
+    fit(config, log=lambda *args: None)
+    _, meta, state = load_checkpoint(tmp_path / "last.npz")
+    assert check_resume_state(meta, state, tmp_path / "last.npz") is None
+    assert meta["epoch"] == 2 and len(meta["history"]) == 2 and int(state["steps"]) == 2 * 4
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end: test.py under a memory cap far below what the crafted files claim
+
+
+def capped_memory():
+    """preexec_fn: 2 GiB of address space, a third of what the three 2 GiB entries would take."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS")
+def test_test_py_refuses_a_checkpoint_bomb_in_one_line_under_a_memory_cap(tmp_path):
+    case = "three deflated 2 GiB entries"
+    path = tmp_path / "model.npz"
+    path.write_bytes(CRAFTED[case][0]())
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "test.py"), "--checkpoint", str(path), "--data-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        preexec_fn=capped_memory,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"test.py: error: checkpoint {path}: "), result.stderr
+    assert CRAFTED[case][1] in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr

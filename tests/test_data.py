@@ -1,15 +1,20 @@
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import http.server
 import os
+import re
 import socket
 import threading
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import lenet.data
 from lenet.backend import to_numpy
 from lenet.data import (
     DATASETS,
@@ -20,6 +25,7 @@ from lenet.data import (
     iterate_batches,
     load_dataset,
     num_batches,
+    parse_idx,
     read_idx,
     train_val_split,
 )
@@ -55,7 +61,8 @@ def tiny_files(arrays):
     return {name: idx_bytes(array) for name, array in arrays.items()}
 
 
-def tiny_info(files, mirrors=(), system_dirs=()):
+def tiny_info(files, mirrors=(), system_dirs=(), image_shape=(4, 4), **known):
+    """The DatasetInfo of `files`; `known` may add sizes= and download_sizes= (None: not known)."""
     return DatasetInfo(
         name="tiny",
         class_names=("zero", "one", "two"),
@@ -63,6 +70,8 @@ def tiny_info(files, mirrors=(), system_dirs=()):
         mirrors=tuple(mirrors),
         system_dirs=tuple(str(folder) for folder in system_dirs),
         hint="pass --data-dir DIR",
+        image_shape=image_shape,
+        **known,
     )
 
 
@@ -134,6 +143,21 @@ CORRUPTIONS = {
     "trailing bytes": (lambda: _valid() + b"\x00\x00", "2 trailing bytes after the 12 bytes"),
     "gzip cut short": (lambda: gzip.compress(_valid())[:-10], "corrupt gzip stream"),
     "gzip bit flip": (lambda: _flip_middle(gzip.compress(_valid(), mtime=0)), "corrupt gzip stream"),
+    # Headers that claim what no memory holds: refused from the header, before any allocation.
+    "5 dimensions": (lambda: bytes([0, 0, 8, 5]) + b"\x00\x00\x00\x01" * 5 + b"\x00", "declares 5 dimensions"),
+    "255 dimensions": (lambda: bytes([0, 0, 8, 255]) + b"\xff" * 1020, "declares 255 dimensions"),
+    "zero beside huge": (
+        lambda: bytes([0, 0, 8, 3]) + (0).to_bytes(4, "big") + (2**32 - 1).to_bytes(4, "big") * 2,
+        "a zero dimension",
+    ),
+    "product beyond 64 bits": (
+        lambda: bytes([0, 0, 0x0E, 4]) + (2**32 - 1).to_bytes(4, "big") * 4 + b"\x00" * 8,
+        "more than the 268435456 bytes lenet reads",
+    ),
+    "4 GiB declared": (
+        lambda: gzip.compress(bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (4096, 1024, 1024))),
+        "4294967312 bytes, more than",
+    ),
 }
 
 
@@ -153,6 +177,80 @@ def test_read_idx_refuses_corrupt_files(tmp_path, corruption):
     assert str(path) in message
     assert expected in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("corruption", [name for name in CORRUPTIONS if "gzip" not in name and "GiB" not in name])
+def test_parse_idx_refuses_the_same_corruptions(corruption):
+    make, expected = CORRUPTIONS[corruption]
+    with pytest.raises(LenetError, match="^labels: .*" + re.escape(expected)):
+        parse_idx(make(), source="labels")
+
+
+def gzip_members(*parts):
+    """One gzip file of several members (gzip allows that): a bomb can repeat a tiny member of zeros."""
+    return b"".join(gzip.compress(part, mtime=0) for part in parts)
+
+
+def test_gzip_bomb_after_a_valid_header_is_refused_with_little_memory(tmp_path):
+    """4 MiB of gzip that unpacks to 4 GiB: a valid small IDX file, then 4096 members of 1 MiB of zeros."""
+    zeros = gzip.compress(bytes(1 << 20), mtime=0)  # 1 KiB of gzip each
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    with open(path, "wb") as f:
+        f.write(gzip.compress(_valid(), mtime=0))
+        for _ in range(4096):
+            f.write(zeros)
+    assert path.stat().st_size < 5 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(LenetError, match="more than 1048576 trailing bytes after the 12 bytes"):
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"peak {peak} bytes"
+
+
+def test_files_that_claim_too_much_are_refused_from_their_size_or_header(tmp_path):
+    """Sparse files: 100 GiB on paper, a few blocks on disk; refused before they are read."""
+    tracemalloc.start()
+    try:
+        raw = tmp_path / "train-images-idx3-ubyte"
+        with open(raw, "wb") as f:
+            f.write(_valid())
+            f.truncate(100 << 30)
+        with pytest.raises(LenetError, match=f"{(100 << 30) - 28} trailing bytes after the 12 bytes"):
+            read_idx(raw)
+        huge = tmp_path / "huge-idx3-ubyte"  # a header that declares the 100 GiB
+        with open(huge, "wb") as f:
+            f.write(bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (102400, 1024, 1024)))
+            f.truncate(16 + (100 << 30))
+        with pytest.raises(LenetError, match="107374182416 bytes, more than the 268435456 bytes"):
+            read_idx(huge)
+        gz = tmp_path / "t10k-images-idx3-ubyte.gz"  # gzip magic, then 1 GiB: more than any gzip of 256 MiB
+        with open(gz, "wb") as f:
+            f.write(gzip.compress(_valid(), mtime=0))
+            f.truncate(1 << 30)
+        with pytest.raises(LenetError, match="1073741824 bytes of gzip, more than any gzip stream"):
+            read_idx(gz)
+        with pytest.raises(LenetError, match="more than any gzip stream of the 28 bytes this file has"):
+            read_idx(gz, size=28)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"peak {peak} bytes"
+
+
+def test_read_idx_holds_a_file_to_its_published_size_and_checksum(tmp_path):
+    path = tmp_path / "labels.gz"
+    data = _valid()
+    path.write_bytes(gzip.compress(data, mtime=0))
+    sha = hashlib.sha256(data).hexdigest()
+    np.testing.assert_array_equal(read_idx(path, size=len(data), sha256=sha), np.arange(12).reshape(3, 2, 2))
+    published = r"declares shape \(3, 2, 2\) of uint8, 28 bytes, but the published file is 40"
+    with pytest.raises(LenetError, match=published):
+        read_idx(path, size=40, sha256=sha)
+    with pytest.raises(LenetError, match=f"SHA-256 of the decompressed data is {sha}, expected 0{{64}}"):
+        read_idx(path, size=len(data), sha256="0" * 64)
 
 
 def test_read_idx_missing_file(tmp_path):
@@ -214,6 +312,67 @@ def test_load_dataset_refuses_inconsistent_files(tmp_path, images, labels, expec
         load_dataset(info, "test", data_dir=folder, download=False)
 
 
+def test_load_dataset_refuses_images_of_the_wrong_size(tmp_path):
+    files = tiny_files(tiny_arrays())
+    folder = write_files(tmp_path / "data", files)
+    with pytest.raises(LenetError) as error:
+        load_dataset(tiny_info(files, image_shape=(28, 28)), "test", data_dir=folder, download=False)
+    assert str(error.value) == f"{folder / 't10k-images-idx3-ubyte.gz'}: images of 4x4 pixels; tiny has 28x28"
+
+
+def test_a_bomb_in_the_data_folder_is_refused_from_its_header(tmp_path, isolated):
+    """./data/<name> is looked in with no flag at all: a file there is held to the published sizes."""
+    files = tiny_files(tiny_arrays())
+    info = tiny_info(files, sizes={name: len(data) for name, data in files.items()})
+    folder = write_files(isolated / "data" / "tiny", files)
+    name = "train-images-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (10, 4096, 4096))  # 160 MiB declared
+    (folder / name).write_bytes(gzip_members(header, *[bytes(1 << 20)] * 32))  # under the gzip size cap
+    tracemalloc.start()
+    try:
+        with pytest.raises(LenetError) as error:
+            load_dataset(info, "train", download=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(error.value).startswith(f"{folder / name}: the IDX header declares shape (10, 4096, 4096) of uint8")
+    assert f"but the published file is {len(files[name])} bytes" in str(error.value)
+    assert peak < 4 << 20, f"peak {peak} bytes"
+    (folder / name).write_bytes(gzip.compress(files[name], mtime=0))
+    assert load_dataset(info, "train", download=False)[0].shape == (10, 1, 4, 4)
+
+
+@pytest.mark.parametrize("declared", [60000, 100000])
+def test_a_4_gib_bomb_named_as_fashion_mnist_is_refused_with_memory_bounded(tmp_path, declared):
+    """4 MiB of gzip unpacking to 4 GiB, with the header of the real training images or a larger one."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in FILE_NAMES[1:]:
+        (folder / name).write_bytes(b"")  # present, so the folder is chosen; never read: the images fail first
+    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (declared, 28, 28))
+    zeros = gzip.compress(bytes(1 << 20), mtime=0)
+    (folder / FILE_NAMES[0]).write_bytes(gzip.compress(header, mtime=0) + zeros * 4096)
+    tracemalloc.start()
+    try:
+        with pytest.raises(LenetError) as error:
+            load_dataset("fashion-mnist", "train", data_dir=folder, download=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    if declared == 60000:  # the real images' size: read (47 MB of zeros), then the rest is refused
+        assert "more than 1048576 trailing bytes after the 47040000 bytes of data" in str(error.value)
+        assert peak < 47040000 + (16 << 20), f"peak {peak} bytes"
+    else:
+        assert "but the published file is 47040016 bytes" in str(error.value)
+        assert peak < 1 << 20, f"peak {peak} bytes"
+
+
+def test_the_published_data_sets_know_the_size_of_every_file():
+    for info in DATASETS.values():
+        assert set(info.sizes) == set(info.download_sizes) == set(info.sha256) == set(FILE_NAMES), info.name
+        assert info.image_shape == (28, 28)
+
+
 def test_unknown_names_are_refused():
     with pytest.raises(LenetError, match="unknown data set 'cifar'.*fashion-mnist, mnist"):
         find_dataset("cifar")
@@ -265,6 +424,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         route = self.server.routes.get(self.path)
         if route is None:
             self.send_error(404)
+            return
+        if callable(route):  # a misbehaving server: the route writes the response itself
+            with contextlib.suppress(OSError):  # the client hung up, as it should
+                route(self)
             return
         body, length = route
         self.send_response(200)
@@ -357,6 +520,111 @@ def test_truncated_download_is_refused(server, tmp_path, how):
     with pytest.raises(LenetError, match=expected):
         find_dataset(info, cache_dir=cache)
     assert not cache.exists()
+
+
+def endless_body(handler):
+    """200 with no Content-Length, then zeros until the client hangs up."""
+    handler.send_response(200)
+    handler.end_headers()
+    chunk = bytes(1 << 16)
+    while True:
+        handler.wfile.write(chunk)
+
+
+def trickle(header_first, outcome):
+    """A server that sends a byte every 50 ms (for 10 s at most): in the body, or in its headers.
+
+    outcome["end"] says how it ended: "finished" (all sent) or "hung up on" (the client cut it off).
+    """
+
+    def route(handler):
+        try:
+            handler.wfile.write(b"HTTP/1.0 200 OK\r\n")
+            handler.wfile.write(b"Content-Length: 200\r\n\r\n" if header_first else b"X-Slow: ")
+            for _ in range(200):
+                handler.wfile.write(b"a")
+                handler.wfile.flush()
+                time.sleep(0.05)
+            outcome["end"] = "finished"
+        except OSError:
+            outcome["end"] = "hung up on"
+        finally:
+            outcome["done"].set()
+
+    return route
+
+
+def sized_info(files, mirror):
+    """tiny_info with the published sizes of `files` (served gzipped by `serve`) known."""
+    return tiny_info(
+        files,
+        mirrors=[mirror],
+        sizes={name: len(data) for name, data in files.items()},
+        download_sizes={name: len(gzip.compress(data, mtime=0)) for name, data in files.items()},
+    )
+
+
+def test_download_with_known_sizes_lands_the_files(server, tmp_path):
+    arrays = tiny_arrays()
+    files = tiny_files(arrays)
+    info = sized_info(files, serve(server, "good", files))
+    cache = tmp_path / "cache"
+    assert find_dataset(info, cache_dir=cache) == cache
+    assert sorted(os.listdir(cache)) == sorted(FILE_NAMES)
+    for name in FILE_NAMES:
+        assert (cache / name).read_bytes() == gzip.compress(files[name], mtime=0)
+    np.testing.assert_array_equal(load_dataset(info, "test", cache_dir=cache)[1], arrays[FILE_NAMES[3]])
+
+
+@pytest.mark.parametrize("how", ["endless body", "announced too long", "unpacks too far", "gzip bomb"])
+def test_download_that_sends_too_much_is_cut_off(server, tmp_path, how):
+    files = tiny_files(tiny_arrays())
+    base = serve(server, "big", files)
+    name = FILE_NAMES[0]
+    info = sized_info(files, base)
+    cap = len(gzip.compress(files[name], mtime=0)) * 9 // 8 + (64 << 10)
+    if how == "endless body":  # decompressed size not known: the cap on the body is what stops it
+        info = dataclasses.replace(info, sizes=None)
+        server.routes[f"/big/{name}"] = endless_body
+        expected = f"the body goes on past {cap} bytes"
+    elif how == "announced too long":
+        server.routes[f"/big/{name}"] = (b"", 1 << 40)
+        expected = f"the server announces {1 << 40} bytes, more than the {cap} expected"
+    else:  # more decompressed data than the file has: one byte more, or 60 MiB from 60 KiB
+        zeros = gzip.compress(bytes(1 << 20), mtime=0)
+        extra = gzip.compress(b"\x00", mtime=0) if how == "unpacks too far" else zeros * 60
+        body = gzip.compress(files[name], mtime=0) + extra
+        assert len(body) < cap
+        server.routes[f"/big/{name}"] = (body, len(body))
+        expected = f"the data unpacks to more than the {len(files[name])} bytes expected"
+    cache = tmp_path / "cache"
+    tracemalloc.start()
+    try:
+        with pytest.raises(LenetError, match=re.escape(expected)) as error:
+            find_dataset(info, cache_dir=cache)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(error.value)
+    assert not cache.exists()  # no file, no temporary file, not even the folder made for them
+    assert peak < 8 << 20, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize("header_first", [True, False], ids=["trickling body", "trickling headers"])
+def test_download_that_trickles_is_given_up_at_the_deadline(server, tmp_path, monkeypatch, header_first):
+    """A byte every 50 ms never trips the per-read timeout; the deadline for the whole file ends it."""
+    monkeypatch.setattr(lenet.data, "DOWNLOAD_DEADLINE_S", 0.5)
+    files = tiny_files(tiny_arrays())
+    info = sized_info(files, serve(server, "slow", files))
+    outcome = {"done": threading.Event()}
+    server.routes[f"/slow/{FILE_NAMES[0]}"] = trickle(header_first, outcome)
+    cache = tmp_path / "cache"
+    with pytest.raises(LenetError, match="not finished after 0.5 s") as error:
+        find_dataset(info, cache_dir=cache)
+    assert f"{server.url}slow/{FILE_NAMES[0]}" in str(error.value)
+    assert not cache.exists()
+    assert outcome["done"].wait(30)
+    assert outcome["end"] == "hung up on"  # the connection was cut, not waited out
 
 
 def test_download_from_a_server_that_is_gone(tmp_path, isolated):
