@@ -66,7 +66,9 @@ def write_files(folder, arrays, compress=True):
 def as_real(monkeypatch, dataset, arrays, mirrors=()):
     """Make DATASETS[dataset] accept our small files: their checksums, no system folder, our mirrors."""
     sha256 = {name: hashlib.sha256(idx_bytes(array)).hexdigest() for name, array in arrays.items()}
-    info = dataclasses.replace(DATASETS[dataset], sha256=sha256, system_dirs=(), mirrors=tuple(mirrors))
+    info = dataclasses.replace(
+        DATASETS[dataset], sha256=sha256, system_dirs=(), mirrors=tuple(mirrors), sizes=None, download_sizes=None
+    )
     monkeypatch.setitem(DATASETS, dataset, info)
     return info
 
