@@ -64,14 +64,17 @@ def load_checkpoint(path):
     return arrays, meta, optimizer_state
 
 
-def model_from_checkpoint(path, backend="numpy", dtype=None):
-    """Rebuild the model a checkpoint describes and load its weights: (model, meta)."""
+def model_from_checkpoint(path, backend="numpy", dtype=None, input_grad=False):
+    """Rebuild the model a checkpoint describes and load its weights: (model, meta).
+
+    input_grad=True makes backward return dL/dx too (for saliency maps; see LeNet5).
+    """
     state, meta, _ = load_checkpoint(path)
     arch = meta.get("architecture")
     if not isinstance(arch, dict):
         raise LenetError(f"checkpoint {path}: metadata has no architecture")
     try:
-        model = LeNet5(**arch, backend=backend, dtype=dtype or meta.get("dtype", "float32"))
+        model = LeNet5(**arch, backend=backend, dtype=dtype or meta.get("dtype", "float32"), input_grad=input_grad)
     except TypeError as e:
         raise LenetError(f"checkpoint {path}: unknown architecture options {arch} ({e})") from None
     try:
