@@ -217,13 +217,6 @@ def test_visualize_writes_every_picture(tmp_path, capsys):
     assert sal.shape[0] >= 3 * 240, sal.shape  # 2.5 inches a row at 100 dpi
 
 
-@needs_fashion
-def test_visualize_out_folder_and_mnist_style_class_names(tmp_path, capsys):
-    checkpoint = make_checkpoint(tmp_path / "best_model.npz", seed=2)
-    assert main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "pics"), "--data-dir", str(FASHION)]) == 0
-    assert len(list((tmp_path / "pics").glob("*.png"))) == 5
-
-
 def test_visualize_leaves_a_notebooks_backend_alone(tmp_path):
     script = f"""
 import matplotlib
