@@ -257,7 +257,11 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is {length} bytes; at most {MAX_BODY}", close=True
             )
-        body = self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except OSError:  # the client went quiet past the timeout, or away
+            self.close_connection = True
+            return
         if len(body) < length:
             return self._error(HTTPStatus.BAD_REQUEST, "the body is shorter than its Content-Length", close=True)
         try:

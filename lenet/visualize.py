@@ -410,8 +410,7 @@ def plot_mistakes(images, probs, labels, indices, class_names, path, columns=6):
             fontsize=8,
             color="firebrick",
         )
-    title = "the most confident mistakes on the test set (predicted, confidence, true class)"
-    fig.suptitle(title if n else "no mistakes on the test set", fontsize=10)
+    fig.suptitle("the most confident mistakes on the test set (predicted, confidence, true class)", fontsize=10)
     _save(fig, path)
 
 

@@ -121,6 +121,20 @@ def test_predict_image_is_preprocessed_like_the_data_set(server):
     np.testing.assert_allclose(answer["probabilities"], expected(want)[0], rtol=1e-6)
 
 
+def test_an_mnist_checkpoint_gets_mnists_class_names_and_preprocessing():
+    meta = {"dataset": "mnist", "class_names": [str(d) for d in range(10)], "epoch": 1, "val_acc": 0.9}
+    inspector = Inspector(LeNet5(seed=2, input_grad=True), meta, "mnist/best_model.npz")
+    drawing = np.full((200, 200), 255, dtype=np.uint8)
+    drawing[30:170, 90:110] = 0  # a "1"
+    answer = inspector.predict({"image": png_base64(drawing)})
+    assert answer["predicted_name"] == str(answer["predicted"])
+    x = np.asarray(answer["input"]).reshape(28, 28)
+    rows = np.nonzero(x.max(axis=1) > 0.1)[0]
+    assert rows[-1] - rows[0] + 1 in (19, 20, 21), "MNIST's 20-pixel box, not Fashion-MNIST's 28"
+    with pytest.raises(vis.LenetError, match="without the test set"):
+        inspector.test_image()
+
+
 def test_info_and_test_images(server):
     status, _, body = request(server, "GET", "/api/info")
     info = json.loads(body)
@@ -206,6 +220,13 @@ def test_body_cap_length_required_and_bad_content_length(server):
     conn.putrequest("POST", "/api/predict")
     conn.endheaders()
     assert conn.getresponse().status == 411
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=20)
+    conn.putrequest("POST", "/api/predict")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 400 and "Content-Length" in json.loads(response.read())["error"]
     conn.close()
     for length in ("-5", "lots"):
         conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=20)
