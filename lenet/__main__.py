@@ -6,6 +6,8 @@ import sys
 COMMANDS = {
     "train": "train LeNet-5 (lenet-train)",
     "test": "evaluate a checkpoint on the test set (lenet-test)",
+    "visualize": "pictures of what a checkpoint learned: filters, feature maps, saliency, mistakes (lenet-visualize)",
+    "demo": "a local web page: draw, and watch every layer answer (lenet-demo)",
 }
 
 
