@@ -10,7 +10,8 @@ Why it is faster is arithmetic rearranged, not different arithmetic (docs/backpr
   stride 2), and the block weights (4F, C*(KH+1)*(KW+1)) hold every filter four times, shifted to the block's four
   positions (dy, dx), zeros elsewhere. The product has rows (dy, dx, F) and columns (OH/2, OW/2, N).
 - So 2x2 pooling is a sum (or maximum) of four contiguous row slabs, and its backward a broadcast; im2col copies
-  36/(4*25) = 0.36 times as many numbers, and col2im is 9 long `+=` (col2im_stride2) instead of 25 short ones.
+  36/(4*25) = 0.36 times as many numbers, and col2im over these stride-2 windows is 9 `+=` over long runs
+  (col2im_stride2), where a plain col2im at stride 2 makes 36 over short runs.
 - The products have 4F rows (24 instead of 6 for C1), a shape BLAS runs much faster per multiply-add, for 36/25 =
   1.44 times as many multiply-adds. The bias rides in the product: the columns end with a row of ones.
 - The stage keeps its big arrays (padded input, columns, product, its gradient) from call to call and runs the
