@@ -7,7 +7,8 @@ stale; the file stays, which is harmless. Under the lock a run may then:
 
 - refuse to start afresh over a run already there (`check_fresh_start`): the earlier run's best_model.npz and
   last.npz would be gone at its first epoch. --resume continues it, --overwrite starts over (removing its files
-  first, `remove_run_files`, so the folder never mixes two runs), --out names another folder;
+  and test.py's pictures of it first, `remove_run_files`, so the folder never mixes two runs), --out names
+  another folder;
 - remove what killed runs left behind: the temporaries of lenet.files.atomic_write (`.<name>.<hex>.tmp`) for the
   files a run writes (`remove_stale_temporaries`). Under the lock no live run can own them.
 """
@@ -25,8 +26,9 @@ except ImportError:  # not POSIX (Windows): no flock; the run goes on unlocked
     fcntl = None
 
 LOCK_NAME = ".lock"
-# What train.py writes in a run folder; test.py's pictures beside them belong to no run and stay.
+# What train.py writes in a run folder, and what test.py writes beside its checkpoint by default.
 RUN_FILES = ("best_model.npz", "last.npz", "history.csv", "curves.png", "batch.png", "config.json")
+TEST_FILES = ("confusion_matrix.png", "predictions.png")
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}\.tmp")  # files.atomic_write's `.<name>.<12 hex>.tmp`
 
 
@@ -121,8 +123,8 @@ def check_fresh_start(out, overwrite):
 
 
 def remove_run_files(out):
-    """Remove the files an earlier run wrote in `out` (RUN_FILES), nothing else."""
-    for name in RUN_FILES:
+    """Remove the files an earlier run and its test wrote in `out` (RUN_FILES, TEST_FILES), nothing else."""
+    for name in RUN_FILES + TEST_FILES:
         with contextlib.suppress(FileNotFoundError):
             (Path(out) / name).unlink()
 
@@ -131,6 +133,7 @@ def remove_stale_temporaries(out):
     """Remove atomic_write's temporaries of the run files in `out`, left by killed runs. Returns their names.
 
     Only call this holding the folder's RunLock: a live run's temporaries would otherwise vanish under it.
+    test.py's are left alone: it takes no lock, and may be writing its pictures now.
     """
     removed = []
     with os.scandir(out) as entries:

@@ -78,7 +78,7 @@ def test_overwrite_removes_the_run_files_and_nothing_else(tmp_path):
     for name in ("history.csv", "curves.png", "batch.png", "config.json", "confusion_matrix.png", "notes.txt"):
         (tmp_path / name).write_text("x")
     check_fresh_start(tmp_path, overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_matrix.png", "notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     check_fresh_start(tmp_path, overwrite=False)  # an empty folder holds no run
 
 
@@ -368,3 +368,16 @@ def test_config_json_and_stale_temporaries_at_the_start(quick, tmp_path, monkeyp
     assert config == TrainConfig(limit=300, epochs=1, out=str(tmp_path), lr=0.002).stored()
     assert list(config) == sorted(config)
     assert load_checkpoint(tmp_path / "last.npz")[1]["train_config"] == config
+
+
+def test_ctrl_c_while_a_resumed_run_loads_its_data(tmp_path, monkeypatch):
+    fake_run(tmp_path, epoch=2, epochs=5, val_acc=0.75)
+    monkeypatch.setattr(lenet.trainer, "load_dataset", ctrl_c)
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(TrainConfig(epochs=None, out=str(tmp_path), resume=True, progress=False), log=lambda line: None)
+    message = interrupted_message(info.value)
+    assert message.startswith(
+        f"stopped by Ctrl-C before epoch 3; epochs 1-2 are saved in {tmp_path} (best val acc 0.7500 in best_model.npz)"
+    )
+    assert message.endswith(f" --resume --out {tmp_path}")
+    assert load_checkpoint(tmp_path / "last.npz")[1]["epoch"] == 2

@@ -86,8 +86,8 @@ def run(argv=None):
 
 def interrupted_message(e):
     """One line from a TrainingInterrupted's facts: where it stopped, what is saved, how to go on."""
-    if e.epoch is None:
-        where = "before the first epoch"
+    if e.epoch is None:  # loading the data, writing batch.png, ...
+        where = f"before epoch {e.saved_epoch + 1}"
     elif e.epoch > e.saved_epoch:
         where = f"in epoch {e.epoch}"
     else:
