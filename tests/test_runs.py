@@ -126,7 +126,7 @@ def start_train(args, env):
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *map(str, args)],
         cwd=REPO,
-        env=env,
+        env={**env, "PYTHONUNBUFFERED": "1"},  # each line as it is printed, through the pipe
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
