@@ -381,3 +381,18 @@ def test_ctrl_c_while_a_resumed_run_loads_its_data(tmp_path, monkeypatch):
     )
     assert message.endswith(f" --resume --out {tmp_path}")
     assert load_checkpoint(tmp_path / "last.npz")[1]["epoch"] == 2
+
+
+@pytest.mark.parametrize("stop, status, name", [(KeyboardInterrupt, 130, "Ctrl-C"), ("Terminated", 143, "SIGTERM")])
+def test_run_main_turns_an_unhandled_stop_into_one_line(capsys, stop, status, name):
+    from lenet import cli
+
+    stop = getattr(cli, stop) if isinstance(stop, str) else stop
+
+    def main():
+        raise stop
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.run_main(main, "test.py") == status
+    assert capsys.readouterr().err == f"test.py: stopped by {name}\n"
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
