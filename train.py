@@ -5,7 +5,10 @@ A thin shim over lenet/commands/train.py, kept at the top level so the tutorial'
 
 import sys
 
-from lenet.commands.train import main
-
 if __name__ == "__main__":
+    try:
+        from lenet.commands.train import main
+    except KeyboardInterrupt:  # Ctrl-C while Python loads NumPy and lenet (a second or so): nothing has started
+        print("train.py: stopped by Ctrl-C while starting; nothing was trained", file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())

@@ -400,6 +400,7 @@ def _train_config_ranges():
         "out": ("a path", lambda v: "\x00" not in v),
         "progress": ("true or false", lambda v: True),
         "resume": ("true or false", lambda v: True),
+        "overwrite": ("true or false", lambda v: True),
     }
 
 

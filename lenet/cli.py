@@ -1,11 +1,55 @@
 """What train.py and test.py share: an argument parser whose errors are one line, and a main wrapper
-that turns expected failures into one line on stderr and exit status 2 (no traceback)."""
+that turns expected failures into one line on stderr and exit status 2 (no traceback), and Ctrl-C and SIGTERM
+into exit status 130 and 143 (128 + the signal's number, as a shell reports a process the signal killed)."""
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 from .errors import LenetError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers, `timeout` and `docker stop` send), raised where the program is, as Ctrl-C
+    raises KeyboardInterrupt: so one `except KeyboardInterrupt` stops cleanly for both."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Within: SIGTERM raises Terminated, where its handler was the default (death with no word said).
+
+    A SIGTERM that the parent process ignored stays ignored, as Python leaves an ignored SIGINT; only the main
+    thread may set handlers, so elsewhere this does nothing. The old handler returns afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.getsignal(signal.SIGTERM)
+    if old == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        if old == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, old)
+
+
+def interrupted_status(stop):
+    """The exit status for an interruption: 143 for SIGTERM (Terminated), 130 for Ctrl-C."""
+    return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+
+
+def signal_name(stop):
+    return "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -24,9 +68,16 @@ def positive_int(text):
 
 
 def run_main(main, prog):
-    """Call main(); LenetError and file-system errors become `prog: error: ...` and exit status 2."""
+    """Call main(); LenetError and file-system errors become `prog: error: ...` and exit status 2.
+
+    Ctrl-C and SIGTERM that main() does not handle itself end it with one line and status 130 or 143.
+    """
     try:
-        return main() or 0
+        with stop_signals():
+            return main() or 0
+    except KeyboardInterrupt as stop:  # main() says more where it knows more (train.py: what is saved)
+        print(f"{prog}: stopped by {signal_name(stop)}", file=sys.stderr)
+        return interrupted_status(stop)
     except BrokenPipeError:  # the reader went away (python test.py | head): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 import lenet.trainer
 from lenet.backend import cupy_available
 from lenet.checkpoint import META_KEY, load_checkpoint, model_from_checkpoint, save_checkpoint
+from lenet.commands.train import interrupted_message
 from lenet.data import find_dataset, load_dataset, num_batches, train_val_split
 from lenet.errors import LenetError
 from lenet.fast import FastRunner
@@ -164,9 +165,22 @@ BAD_INPUT = {
         "data not found",
     ),
     "resume without last.npz": ("train.py", ["--resume", "--out", "{tmp}"], "last.npz"),
+    "resume and overwrite": ("train.py", ["--resume", "--overwrite"], "not allowed with argument"),
+    "too many threads": ("train.py", ["--threads", "100000000", "--out", "{tmp}/run"], "--threads must be between 1"),
     "diverging": (
         "train.py",
         ["--limit", "200", "--epochs", "2", "--optimizer", "sgd", "--lr", "1e38", "--out", "{tmp}", "--no-progress"],
+        "diverged",
+    ),
+    # Adam's first step moves every weight by about lr: the training loss of that step is still finite.
+    "diverging adam, 1 epoch": (
+        "train.py",
+        ["--optimizer", "adam", "--lr", "1e38", "--limit", "10", "--epochs", "1", "--out", "{tmp}", "--no-progress"],
+        "diverged",
+    ),
+    "diverging adam, 3 epochs": (
+        "train.py",
+        ["--optimizer", "adam", "--lr", "1e38", "--limit", "10", "--epochs", "3", "--out", "{tmp}", "--no-progress"],
         "diverged",
     ),
     "test: missing checkpoint": ("test.py", ["--checkpoint", "{tmp}/nothing.npz"], "no such file"),
@@ -174,7 +188,7 @@ BAD_INPUT = {
     "test: wrong shapes": ("test.py", ["--checkpoint", "{tmp}/small_c1.npz"], "c1.weight has shape (6, 1, 3, 3)"),
     "test: negative --show": ("test.py", ["--show", "-1"], "--show"),
 }
-NEEDS_DATA = {"diverging"}
+NEEDS_DATA = {"diverging", "diverging adam, 1 epoch", "diverging adam, 3 epochs"}
 HELP = {"train.py": ["--epochs", "--resume", "--limit"], "test.py": ["--checkpoint", "--show"]}
 
 
@@ -223,13 +237,17 @@ def test_bad_input_is_one_line_and_exit_status_2(cli_results, case):
 
 
 @needs_data
-def test_diverging_run_leaves_loadable_weights(cli_results):
-    result, folder = cli_results["diverging"]
+@pytest.mark.parametrize("case", ["diverging", "diverging adam, 1 epoch", "diverging adam, 3 epochs"])
+def test_diverging_run_never_saves_non_finite_weights(cli_results, case):
+    result, folder = cli_results[case]
     assert "try a lower --lr" in result.stderr
     assert "epoch 1" in result.stderr  # a learning rate of 1e38 must blow up at once
-    best = folder / "best_model.npz"
-    if best.exists():
-        model_from_checkpoint(best)
+    for name in ("best_model.npz", "last.npz"):
+        if (folder / name).exists():
+            model, _ = model_from_checkpoint(folder / name)
+            assert all(np.isfinite(p.data).all() for p in model.parameters()), name
+    if "best_model.npz" in result.stderr:  # named only if there are finite best weights
+        assert (folder / "best_model.npz").exists()
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -247,7 +265,9 @@ def test_empty_data_dir_fails_fast_with_a_refused_download(cli_results):
     result, folder = cli_results["empty data dir"]
     assert f"looked in: {folder} (none of the files)" in result.stderr
     assert "Connection refused" in result.stderr or "Errno 111" in result.stderr, result.stderr
-    assert not (folder / "run").exists()  # nothing written before the data was there
+    # Nothing written before the data was there, but the run folder's lock (released, empty).
+    assert [p.name for p in (folder / "run").iterdir()] == [".lock"]
+    assert (folder / "run" / ".lock").read_text() == ""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -266,7 +286,7 @@ def quick_fit():
     images, labels, class_names = load_dataset("fashion-mnist", "train")
     cached = images[:1000].copy(), labels[:1000].copy(), class_names
 
-    def load_cached(dataset, split, data_dir=None):
+    def load_cached(dataset, split, data_dir=None, download=True):
         assert (dataset, split) == ("fashion-mnist", "train")
         return cached
 
@@ -355,7 +375,7 @@ def test_resume_gives_the_same_run(quick_fit, uninterrupted, tmp_path):
 
 def test_resume_takes_how_to_run_from_the_resuming_command(uninterrupted, tmp_path):
     _, full = uninterrupted
-    stored, _ = lenet.trainer._resume(
+    stored, _, _ = lenet.trainer._resume(
         TrainConfig(epochs=4, out=str(tmp_path), progress=False, cuda_graphs=False), full / "last.npz"
     )
     assert (stored.epochs, stored.out, stored.cuda_graphs, stored.activation) == (4, str(tmp_path), False, "relu")
@@ -395,9 +415,12 @@ def test_ctrl_c_saves_what_is_finished_and_resumes_to_the_same_run(quick_fit, un
         with pytest.raises(TrainingInterrupted) as info:
             quick_fit(learning_config(tmp_path, 3))
     assert len(calls) == steps_per_epoch(LIMIT) + 3
-    message = str(info.value)
-    assert "interrupted in epoch 2" in message
-    assert f"python train.py --resume --out {tmp_path}" in message
+    stopped = info.value
+    assert (stopped.epoch, stopped.saved_epoch, stopped.epochs) == (2, 1, 3)
+    assert stopped.best_val_acc == load_checkpoint(tmp_path / "best_model.npz")[1]["val_acc"]
+    message = interrupted_message(stopped)
+    assert message.startswith("stopped by Ctrl-C in epoch 2; epoch 1 is saved")
+    assert message.endswith(f" --resume --out {tmp_path}")  # after lenet.cli.invocation(): how this ran
     assert load_checkpoint(tmp_path / "last.npz")[1]["epoch"] == 1
     assert load_checkpoint(tmp_path / "best_model.npz")[1]["epoch"] == 1
     assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [1]
@@ -410,8 +433,10 @@ def test_ctrl_c_saves_what_is_finished_and_resumes_to_the_same_run(quick_fit, un
 
 
 def test_ctrl_c_in_the_first_epoch_says_there_is_nothing_to_resume(quick_fit, tmp_path, monkeypatch):
-    with ctrl_c_at_step(monkeypatch, 2), pytest.raises(TrainingInterrupted, match="nothing to resume"):
+    with ctrl_c_at_step(monkeypatch, 2), pytest.raises(TrainingInterrupted) as info:
         quick_fit(TrainConfig(limit=100, epochs=2, out=str(tmp_path), **QUIET))
+    assert (info.value.epoch, info.value.saved_epoch) == (1, 0)
+    assert "in epoch 1; no epoch finished, nothing to resume" in interrupted_message(info.value)
     assert not (tmp_path / "last.npz").exists()
     assert not (tmp_path / "best_model.npz").exists()
 

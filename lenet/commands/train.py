@@ -3,11 +3,13 @@
 python train.py                      # the default recipe, NumPy on the CPU
 python train.py --backend cupy       # the same on an NVIDIA GPU
 python train.py --resume             # continue the run in --out from its last epoch
+python train.py --overwrite          # start over in --out, replacing the run there
 """
 
+import shlex
 import sys
 
-from ..cli import ArgumentParser, positive_int, run_main
+from ..cli import ArgumentParser, interrupted_status, invocation, positive_int, run_main, signal_name
 from ..trainer import PlainRunner, TrainConfig, TrainingInterrupted, fit
 
 DEFAULTS = TrainConfig()
@@ -54,29 +56,62 @@ def parse_args(argv=None):
         "no CUDA graphs): slower, the same numbers to float32 rounding",
     )
     p.add_argument("--threads", type=positive_int, help="CPU threads for the numpy backend (default: one per core)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out (its options are kept)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue the run saved in --out (its options are kept)")
+    start.add_argument(
+        "--overwrite", action="store_true", help="start over in an --out that holds a run, replacing its files"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--no-cuda-graphs", action="store_true", help="cupy: run every training step eagerly, not as a CUDA graph"
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Which options the user gave (--resume warns about those the stored run keeps): parsed again, defaults unset.
+    unset = object()
+    p.set_defaults(**dict.fromkeys(vars(args), unset))
+    args.given = {FIELDS.get(name, name) for name, value in vars(p.parse_args(argv)).items() if value is not unset}
+    return args
+
+
+FIELDS = {"no_progress": "progress", "no_cuda_graphs": "cuda_graphs"}  # argparse names that are not TrainConfig's
 
 
 def run(argv=None):
     args = parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k not in ("no_progress", "no_cuda_graphs")}
+    options = {k: v for k, v in vars(args).items() if k not in ("no_progress", "no_cuda_graphs", "given")}
     options["out"] = args.out or f"runs/{args.dataset}"
     if args.epochs is None and not args.resume:
         options["epochs"] = DEFAULTS.epochs
     config = TrainConfig(**options, progress=not args.no_progress, cuda_graphs=not args.no_cuda_graphs)
     try:
-        fit(config, runner=_runner)
+        fit(config, runner=_runner, given=args.given, warn=lambda m: print(f"{PROG}: warning: {m}", file=sys.stderr))
     except TrainingInterrupted as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:  # before the first epoch started (loading data, writing batch.png)
-        print(f"{PROG}: interrupted before training started; nothing was trained", file=sys.stderr)
-        return 130
+        print(f"{PROG}: {interrupted_message(e)}", file=sys.stderr)
+        return interrupted_status(e.stop)
+    except KeyboardInterrupt as stop:  # before the run folder was held: nothing was written
+        print(f"{PROG}: stopped by {signal_name(stop)} before training started; nothing was trained", file=sys.stderr)
+        return interrupted_status(stop)
+
+
+def interrupted_message(e):
+    """One line from a TrainingInterrupted's facts: where it stopped, what is saved, how to go on."""
+    if e.epoch is None:  # loading the data, writing batch.png, ...
+        where = f"before epoch {e.saved_epoch + 1}"
+    elif e.epoch > e.saved_epoch:
+        where = f"in epoch {e.epoch}"
+    else:
+        where = f"after epoch {e.saved_epoch}"
+    best = f" (best val acc {e.best_val_acc:.4f} in best_model.npz)" if e.best_val_acc is not None else ""
+    if e.saved_epoch == 0:
+        saved = f"no epoch finished, nothing to resume{best}"
+    elif e.saved_epoch >= e.epochs:
+        saved = f"all {e.epochs} epochs are saved in {e.out}{best}"
+    else:
+        epochs = "epoch 1 is" if e.saved_epoch == 1 else f"epochs 1-{e.saved_epoch} are"
+        again = f"{invocation()} --resume --out {shlex.quote(str(e.out))}"
+        saved = f"{epochs} saved in {e.out}{best}; continue with: {again}"
+    not_written = f"; not written: {', '.join(e.not_written)}" if e.not_written else ""
+    return f"stopped by {signal_name(e.stop)} {where}; {saved}{not_written}"
 
 
 def _runner(model, optimizer, config):
