@@ -401,6 +401,7 @@ def _train_config_ranges():
         "progress": ("true or false", lambda v: True),
         "resume": ("true or false", lambda v: True),
         "overwrite": ("true or false", lambda v: True),
+        "format": _one_of(CHECKPOINT_FORMATS),
     }
 
 

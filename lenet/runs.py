@@ -27,7 +27,15 @@ except ImportError:  # not POSIX (Windows): no flock; the run goes on unlocked
 
 LOCK_NAME = ".lock"
 # What train.py writes in a run folder, and what test.py writes beside its checkpoint by default.
-RUN_FILES = ("best_model.npz", "last.npz", "history.csv", "curves.png", "batch.png", "config.json")
+RUN_FILES = (
+    "best_model.npz",
+    "best_model.safetensors",
+    "last.npz",
+    "history.csv",
+    "curves.png",
+    "batch.png",
+    "config.json",
+)
 TEST_FILES = ("confusion_matrix.png", "predictions.png")
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}\.tmp")  # files.atomic_write's `.<name>.<12 hex>.tmp`
 
@@ -86,7 +94,7 @@ def describe_run(out):
     from .checkpoint import load_checkpoint  # only here: the lock above needs nothing but the standard library
 
     out = Path(out)
-    present = [name for name in ("last.npz", "best_model.npz") if (out / name).exists()]
+    present = [name for name in ("last.npz", "best_model.npz", "best_model.safetensors") if (out / name).exists()]
     if not present:
         return None
     for name in present:  # last.npz first: it knows the whole run

@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .backend import get_array_module, get_backend, to_numpy
-from .checkpoint import check_resume_state, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_FORMATS, check_resume_state, load_checkpoint, save_checkpoint
 from .data import AUGMENT_MIRROR, augment, iterate_batches, load_dataset, num_batches, train_val_split
 from .errors import LenetError
 from .files import atomic_write
@@ -66,6 +66,7 @@ class TrainConfig:
     progress: bool = True
     resume: bool = False  # continue the run saved in `out` (not stored: a resumed run is no different)
     overwrite: bool = False  # a fresh run may replace a run already in `out` (not stored)
+    format: str = "npz"  # of the best weights: best_model.npz, or best_model.safetensors (last.npz stays .npz)
 
     def __post_init__(self):
         if isinstance(self.augment, bool):  # runs saved before the modes existed stored True or False
@@ -99,6 +100,8 @@ class TrainConfig:
                     f"--threads must be between 1 and {4 * cores} (4 per core; this process may use {cores} "
                     f"cores), not {self.threads}"
                 )
+        if self.format not in CHECKPOINT_FORMATS:
+            raise LenetError(f"unknown format {self.format!r}; choose one of: {', '.join(CHECKPOINT_FORMATS)}")
         if self.resume and self.overwrite:
             raise LenetError("--resume continues the run in --out and --overwrite replaces it: give one of them")
 
@@ -282,12 +285,18 @@ class Progress:
         return int(self.history[-1][0]) if self.history else 0
 
 
-def save_epoch(out, model, optimizer, meta_common, progress, shuffle_rng):
-    """After an epoch: best_model.npz if validation improved, then last.npz and history.csv. Returns improved."""
+def best_model_path(config):
+    """Where a run keeps its best weights: best_model.npz, or best_model.safetensors with --format safetensors."""
+    return Path(config.out) / f"best_model{CHECKPOINT_FORMATS[config.format]}"
+
+
+def save_epoch(out, model, optimizer, meta_common, progress, shuffle_rng, best_path=None):
+    """After an epoch: the best weights if validation improved, then last.npz and history.csv. Returns improved."""
     epoch, val_acc = progress.epoch, progress.history[-1][4]
     improved = val_acc > progress.best_val_acc
     if improved:
-        save_checkpoint(out / "best_model.npz", model, {**meta_common, "epoch": epoch, "val_acc": val_acc})
+        best_path = out / "best_model.npz" if best_path is None else best_path
+        save_checkpoint(best_path, model, {**meta_common, "epoch": epoch, "val_acc": val_acc})
         progress.best_val_acc = val_acc
     resume_meta = {
         **meta_common,
@@ -352,7 +361,7 @@ def fit(config, runner=PlainRunner, log=print, given=None, warn=None):
 
 def _train(config, resume_state, runner, log):
     out = Path(config.out)
-    best_path = out / "best_model.npz"
+    best_path = best_model_path(config)
     progress = Progress([]) if resume_state is None else saved_progress(resume_state["meta"])
     epoch, run = None, None  # epoch: the one running now; None before the first
     try:
@@ -393,7 +402,7 @@ def _train(config, resume_state, runner, log):
             _check_finite(epoch, train_loss, val_loss, model, best_path)  # before anything of the epoch is saved
             seconds = time.perf_counter() - start
             progress.history.append([epoch, train_loss, train_acc, val_loss, val_acc, seconds])
-            improved = save_epoch(out, model, optimizer, meta_common, progress, shuffle_rng)
+            improved = save_epoch(out, model, optimizer, meta_common, progress, shuffle_rng, best_path)
             log(
                 f"epoch {epoch:3d}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                 f"val loss {val_loss:.4f} acc {val_acc:.4f}  {seconds:6.2f} s{'  *best' if improved else ''}"

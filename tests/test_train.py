@@ -491,3 +491,15 @@ def test_augmentation_suits_the_data_set(monkeypatch):
     assert TrainConfig(augment=True).augment == "shift" and TrainConfig(augment=False).augment == "none"
     with pytest.raises(LenetError, match="unknown augmentation 'rotate'"):
         TrainConfig(augment="rotate").check()
+
+
+def test_format_safetensors_keeps_the_best_weights_as_safetensors(quick_fit, tmp_path):
+    """--format safetensors: best_model.safetensors (which test.py's loader and safetensors read), last.npz."""
+    pytest.importorskip("safetensors")
+    history, logged = quick_fit(TrainConfig(limit=100, epochs=1, out=str(tmp_path), format="safetensors", **QUIET))
+    assert (tmp_path / "best_model.safetensors").exists() and not (tmp_path / "best_model.npz").exists()
+    assert (tmp_path / "last.npz").exists() and str(tmp_path / "best_model.safetensors") in logged[-1]
+    model, meta = model_from_checkpoint(tmp_path / "best_model.safetensors")
+    assert meta["epoch"] == 1 and meta["val_acc"] == history["val_acc"].iloc[0]
+    with pytest.raises(LenetError, match="unknown format 'onnx'"):
+        TrainConfig(format="onnx").check()

@@ -55,6 +55,14 @@ def parse_args(argv=None):
         help="train the textbook layers of lenet/layers.py as they are written (one thread, no fused stage, "
         "no CUDA graphs): slower, the same numbers to float32 rounding",
     )
+    p.add_argument(
+        "--format",
+        choices=["npz", "safetensors"],
+        default=DEFAULTS.format,
+        help="file format of the best weights: best_model.npz, or best_model.safetensors for Hugging Face's tools "
+        "(needs the safetensors package: pip install 'lenet[safetensors]'); last.npz stays .npz "
+        "(default %(default)s)",
+    )
     p.add_argument("--threads", type=positive_int, help="CPU threads for the numpy backend (default: one per core)")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue the run saved in --out (its options are kept)")
