@@ -72,12 +72,26 @@ def backend_list(text):
 
 def parse_args(argv):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backends", type=backend_list, default=["numpy", "torch"], help="numpy,cupy,torch (any of)")
-    p.add_argument("--batch-sizes", type=positive_ints, default=[32, 256, 1024], help="comma-separated")
-    p.add_argument("--threads", type=positive_int, default=core_count(), help="for every backend (default: all cores)")
+    p.add_argument(
+        "--backends",
+        type=backend_list,
+        default=["numpy", "torch"],
+        help="any of numpy,cupy,torch (default numpy,torch)",
+    )
+    p.add_argument(
+        "--batch-sizes", type=positive_ints, default=[32, 256, 1024], help="comma-separated (default 32,256,1024)"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=core_count(), help="for every backend (default %(default)s: all cores)"
+    )
     p.add_argument("--repeats", type=positive_int, default=7, help="timed repetitions per backend (default 7)")
     p.add_argument("--min-time", type=positive_float, default=0.3, help="seconds per repetition (default 0.3)")
-    p.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for results.csv, throughput.png")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="folder for results.csv, throughput.png (default %(default)s)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny run for tests: batch 8, 1 repetition, 10 ms")
     args = p.parse_args(argv)
     if args.quick:

@@ -12,6 +12,7 @@ this file; train.py passes the speed wing's lenet.fast.FastRunner instead, which
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -249,7 +250,12 @@ def restore(state, model, optimizer, shuffle_rng):
 
 
 # -- the run -------------------------------------------------------------------------------------------------
-def fit(config, runner=PlainRunner, log=print):
+def print_now(line):
+    """print, flushed at once: piped or redirected, each epoch's line arrives as it is printed, not at exit."""
+    print(line, flush=True)
+
+
+def fit(config, runner=PlainRunner, log=print_now):
     """Train as `config` says; returns the history DataFrame. Raises LenetError on bad input or divergence.
 
     runner(model, optimizer, config) makes what runs the steps: PlainRunner, or lenet.fast.FastRunner.for_config.
@@ -291,7 +297,10 @@ def fit(config, runner=PlainRunner, log=print):
             start = time.perf_counter()
             optimizer.lr = learning_rate(config, epoch)
             x_epoch = augment(data.x_train, shuffle_rng) if config.augment else data.x_train
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not config.progress)
+            # disable=None: a bar only on a terminal (a log file gets no carriage-return frames); TQDM_DISABLE
+            # is read as tqdm reads it (any value but empty), as tqdm ignores it once disable is passed
+            no_bar = not config.progress or bool(os.environ.get("TQDM_DISABLE"))
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=True if no_bar else None)
             with bar, np.errstate(over="ignore", invalid="ignore"):  # a diverging loss is caught below, by value
                 train_loss, train_acc = train_epoch(run, x_epoch, data.y_train, config.batch_size, shuffle_rng, bar)
                 if not math.isfinite(train_loss):
