@@ -53,13 +53,22 @@ def existing_folder(text):
     return text
 
 
+def _is_lenet_main(argv0):
+    """Whether argv0 is this package's __main__.py (python -m lenet), not another's (python -m pytest)."""
+    from pathlib import Path
+
+    return Path(argv0).name == "__main__.py" and Path(argv0).resolve() == Path(__file__).resolve().with_name(
+        "__main__.py"
+    )
+
+
 def program_name(command, argv0=None):
     """How a command's usage line and errors name it: as the user ran it (train.py, lenet-train,
     python -m lenet train), or lenet-COMMAND when main() is called from Python."""
     from pathlib import Path
 
     name = Path(sys.argv[0] if argv0 is None else argv0).name
-    if name == "__main__.py":
+    if _is_lenet_main(sys.argv[0] if argv0 is None else argv0):
         return f"python -m lenet {command}"
     if name in (f"{command}.py", f"lenet-{command}"):
         return name
@@ -102,10 +111,12 @@ def invocation(argv0=None, executable=None, cwd=None, command=None):
 
     path = Path(argv0)
     name = path.name
-    if name == "__main__.py":  # python -m lenet COMMAND
-        if command is None and path.parent.name == "lenet" and len(sys.argv) > 1 and sys.argv[1][:1] != "-":
+    if _is_lenet_main(argv0):  # python -m lenet COMMAND
+        if command is None and len(sys.argv) > 1 and sys.argv[1][:1] != "-":
             command = sys.argv[1]
         return python_m_lenet(command)
+    if name == "__main__.py" and command is None:  # another program's: python -m pytest
+        return shlex.join([python, "-m", path.parent.name])
     if path.suffix == ".py" and path.resolve().parent == Path(__file__).resolve().parent / "commands":
         return python_m_lenet(command or path.stem)  # python -m lenet.commands.train: the same command
     if name.endswith(".py"):  # python train.py, python path/to/train.py

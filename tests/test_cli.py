@@ -90,6 +90,9 @@ def test_invocation_of_another_command_keeps_the_form_the_user_ran(tmp_path, mon
     main_py = str(Path(lenet.__file__).with_name("__main__.py"))
     assert invocation(main_py, python, tmp_path, command="train") == ".venv/bin/python -m lenet train"
     assert invocation("/usr/bin/pytest", python, tmp_path, command="test") == ".venv/bin/python -m lenet test"
+    pytest_main = str(Path(pytest.__file__).with_name("__main__.py"))  # python -m pytest
+    assert invocation(pytest_main, python, tmp_path, command="test") == ".venv/bin/python -m lenet test"
+    assert invocation(pytest_main, python, tmp_path) == ".venv/bin/python -m pytest"
 
     scripts = tmp_path / "bin dir"
     scripts.mkdir()
@@ -110,6 +113,7 @@ def test_program_name_is_how_the_command_was_run():
     assert program_name("train", "/x/.venv/bin/lenet-train") == "lenet-train"
     assert program_name("test", str(Path(lenet.__file__).with_name("__main__.py"))) == "python -m lenet test"
     assert program_name("test", "/usr/bin/pytest") == "lenet-test"  # main() called from Python
+    assert program_name("test", str(Path(pytest.__file__).with_name("__main__.py"))) == "lenet-test"
 
 
 def test_python_m_lenet_lists_its_commands():

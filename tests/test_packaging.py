@@ -26,7 +26,8 @@ from lenet.errors import LenetError
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
-HAS_BUILD = importlib.util.find_spec("build") is not None
+_BUILD = importlib.util.find_spec("build")
+HAS_BUILD = _BUILD is not None and _BUILD.origin is not None  # not the checkout's own build/ folder
 needs_build = pytest.mark.skipif(not HAS_BUILD, reason="the 'build' package is not installed (pip install build)")
 
 
