@@ -67,8 +67,10 @@ def program_name(command, argv0=None):
     python -m lenet train), or lenet-COMMAND when main() is called from Python."""
     from pathlib import Path
 
-    name = Path(sys.argv[0] if argv0 is None else argv0).name
-    if _is_lenet_main(sys.argv[0] if argv0 is None else argv0):
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    name = Path(argv0).name
+    in_package = Path(argv0).resolve().parent == Path(__file__).resolve().parent / "commands"
+    if _is_lenet_main(argv0) or in_package:  # python -m lenet train, python -m lenet.commands.train
         return f"python -m lenet {command}"
     if name in (f"{command}.py", f"lenet-{command}"):
         return name

@@ -112,6 +112,7 @@ def test_program_name_is_how_the_command_was_run():
     assert program_name("train", "/x/train.py") == "train.py"
     assert program_name("train", "/x/.venv/bin/lenet-train") == "lenet-train"
     assert program_name("test", str(Path(lenet.__file__).with_name("__main__.py"))) == "python -m lenet test"
+    assert program_name("test", lenet.commands.test.__file__) == "python -m lenet test"
     assert program_name("test", "/usr/bin/pytest") == "lenet-test"  # main() called from Python
     assert program_name("test", str(Path(pytest.__file__).with_name("__main__.py"))) == "lenet-test"
 
