@@ -3,6 +3,8 @@
 import importlib
 import sys
 
+from .cli import shown_python
+
 COMMANDS = {
     "train": "train LeNet-5 (lenet-train)",
     "test": "evaluate a checkpoint on the test set (lenet-test)",
@@ -14,7 +16,8 @@ COMMANDS = {
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m lenet COMMAND [ARGS]   (python -m lenet COMMAND --help for its options)\n\ncommands:")
+        here = f"{shown_python()} -m lenet"
+        print(f"usage: {here} COMMAND [ARGS]   ({here} COMMAND --help for its options)\n\ncommands:")
         for name, what in COMMANDS.items():
             print(f"  {name:<10} {what}")
         return 0 if argv else 2

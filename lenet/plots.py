@@ -1,20 +1,19 @@
-"""Pictures: training curves, a grid of images with class names, a confusion matrix. All written atomically."""
+"""Pictures: training curves, a grid of images with class names, a confusion matrix. All written atomically.
 
-import matplotlib
+The figures are `matplotlib.figure.Figure` objects drawn straight to PNG files, never pyplot's: pyplot would
+pick (and `matplotlib.use` would switch) the process's backend, which in a notebook breaks its inline plots,
+and would keep every figure open until closed.
+"""
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
-from .files import atomic_write  # noqa: E402
+from .files import atomic_write
 
 
 def _save(fig, path):
-    try:
-        with atomic_write(path) as f:
-            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
 
 
 def plot_history(history, path):
@@ -22,7 +21,8 @@ def plot_history(history, path):
 
     history: a DataFrame (or dict of lists) with columns epoch, train_loss, val_loss, train_acc, val_acc.
     """
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for ax, metric, title in ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Accuracy")):
         ax.plot(history["epoch"], history[f"train_{metric}"], "o-", label="train", markersize=3)
         ax.plot(history["epoch"], history[f"val_{metric}"], "o-", label="validation", markersize=3)
@@ -41,7 +41,8 @@ def plot_images(images, class_names, labels, path, predicted=None, columns=8):
     images = np.asarray(images).reshape(len(images), *np.shape(images)[-2:])
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    fig = Figure(figsize=(columns * 1.6, rows * 1.8))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
@@ -60,7 +61,8 @@ def plot_images(images, class_names, labels, path, predicted=None, columns=8):
 def plot_confusion_matrix(matrix, class_names, path):
     """matrix[i, j] = how many examples of true class i were predicted as j."""
     matrix = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(8, 7))
+    fig = Figure(figsize=(8, 7))
+    ax = fig.subplots()
     im = ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     ax.set_yticks(range(len(class_names)), class_names)

@@ -331,7 +331,12 @@ def all_finite(model):
 
 
 # -- the run -------------------------------------------------------------------------------------------------
-def fit(config, runner=PlainRunner, log=print, given=None, warn=None):
+def print_now(line):
+    """print, flushed at once: piped or redirected, each epoch's line arrives as it is printed, not at exit."""
+    print(line, flush=True)
+
+
+def fit(config, runner=PlainRunner, log=print_now, given=None, warn=None):
     """Train as `config` says; returns the history DataFrame.
 
     Raises LenetError on bad input or divergence, and TrainingInterrupted on Ctrl-C or SIGTERM once the run
@@ -395,7 +400,10 @@ def _train(config, resume_state, runner, log):
             start = time.perf_counter()
             optimizer.lr = learning_rate(config, epoch)
             x_epoch = augmented(config, data.x_train, shuffle_rng)
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not config.progress)
+            # disable=None: a bar only on a terminal (a log file gets no carriage-return frames); TQDM_DISABLE
+            # is read as tqdm reads it (any value but empty), as tqdm ignores it once disable is passed
+            no_bar = not config.progress or bool(os.environ.get("TQDM_DISABLE"))
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=True if no_bar else None)
             with bar, np.errstate(over="ignore", invalid="ignore"):  # a diverging loss is caught below, by value
                 train_loss, train_acc = train_epoch(run, x_epoch, data.y_train, config.batch_size, shuffle_rng, bar)
                 val_loss, val_acc = evaluate(run.forward, data.x_val, data.y_val)

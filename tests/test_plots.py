@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import matplotlib.image
 import matplotlib.pyplot as plt
 import numpy as np
@@ -6,6 +11,7 @@ import pytest
 
 from lenet.plots import plot_confusion_matrix, plot_history, plot_images
 
+ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -102,3 +108,27 @@ def test_failed_plot_closes_its_figure_and_leaves_no_file(tmp_path):
         plot_confusion_matrix(np.eye(3, dtype=int), CLASS_NAMES[:3], blocker / "confusion_matrix.png")
     assert plt.get_fignums() == []
     assert [p.name for p in tmp_path.iterdir()] == [blocker.name]
+
+
+# Draws with lenet after choosing a backend, as a notebook does (%matplotlib inline), in a fresh process:
+# the backend must be the user's afterwards, and pyplot never loaded by lenet.
+KEEPS_THE_BACKEND = """
+import sys
+import matplotlib
+matplotlib.use("svg")
+import numpy as np
+import lenet.plots, lenet.trainer
+lenet.plots.plot_confusion_matrix(np.eye(3, dtype=int), ["a", "b", "c"], sys.argv[1])
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_drawing_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    path = tmp_path / "confusion_matrix.png"
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    done = subprocess.run(
+        [sys.executable, "-c", KEEPS_THE_BACKEND, str(path)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["svg", "False"]  # still the user's backend; pyplot never imported
+    read_png(path)

@@ -1,9 +1,11 @@
 """Test a trained LeNet-5: accuracy on the test set, per-class accuracy, confusion matrix, predictions.
 
-python test.py                                   # runs/fashion-mnist/best_model.npz
-python test.py --checkpoint runs/x/best_model.npz --show 10
+lenet-test                                   # runs/fashion-mnist/best_model.npz (a checkout: .venv/bin/python test.py)
+lenet-test --checkpoint runs/x/best_model.npz --show 10
 """
 
+import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -12,34 +14,62 @@ import pandas as pd
 
 from ..backend import get_backend, to_numpy
 from ..checkpoint import model_from_checkpoint
-from ..cli import ArgumentParser, run_main
+from ..cli import ArgumentParser, existing_folder, invocation, program_name, run_main
 from ..data import load_dataset
 from ..errors import LenetError
 from ..plots import plot_confusion_matrix, plot_images
 from ..trainer import predict
 
-PROG = "test.py"
+DEFAULT_CHECKPOINT = "runs/fashion-mnist/best_model.npz"  # where a default lenet-train run puts its best weights
 
 
-def parse_args(argv=None):
-    p = ArgumentParser(prog=PROG, description="Evaluate a lenet checkpoint on the test set.")
-    p.add_argument("--checkpoint", default="runs/fashion-mnist/best_model.npz", help="(default %(default)s)")
-    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
-    p.add_argument("--data-dir", help="folder with the four IDX files (default: looked up, then downloaded)")
-    p.add_argument("--show", type=int, default=0, metavar="N", help="print N lines of predicted vs true class")
+def build_parser():
+    p = ArgumentParser(
+        prog=program_name("test"),
+        description="Evaluate a lenet checkpoint on the test set.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"example:\n  {invocation()} --checkpoint runs/quick/best_model.npz --show 10",
+    )
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="(default %(default)s)")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy", help="array backend (default %(default)s)")
+    p.add_argument(
+        "--data-dir",
+        type=existing_folder,
+        help="an existing folder with the four IDX files, or where to download them (default: looked up in "
+        "$LENET_DATA, ./data and the system's and lenet's cache folders, then downloaded into the cache)",
+    )
+    p.add_argument(
+        "--show", type=int, default=0, metavar="N", help="print N lines of predicted vs true class (default 0)"
+    )
     p.add_argument("--out", help="folder for confusion_matrix.png and predictions.png (default: the checkpoint's)")
     p.add_argument(
         "--textbook",
         action="store_true",
         help="evaluate with the textbook layers (one thread), not the fast ones",
     )
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def train_first_hint(checkpoint):
+    """What to run to make a missing checkpoint: the train command, in the form this one was run in."""
+    checkpoint = Path(checkpoint)
+    command = invocation(command="train")
+    if str(checkpoint) != str(Path(DEFAULT_CHECKPOINT)) and checkpoint.name in ("best_model.npz", "last.npz"):
+        command += f" --out {shlex.quote(str(checkpoint.parent))}"
+    return command
 
 
 def run(argv=None):
     args = parse_args(argv)
     if args.show < 0:
         raise LenetError(f"--show must be >= 0, not {args.show}")
+    if not Path(args.checkpoint).exists():
+        hint = train_first_hint(args.checkpoint)
+        raise LenetError(f"checkpoint {args.checkpoint}: no such file; train first: {hint}")
     xp = get_backend(args.backend)
     model, meta = model_from_checkpoint(args.checkpoint, backend=args.backend, fused=not args.textbook)
     dataset = meta.get("dataset", "fashion-mnist")
@@ -81,7 +111,7 @@ def run(argv=None):
 
 
 def main(argv=None):
-    return run_main(lambda: run(argv), PROG)
+    return run_main(lambda: run(argv), program_name("test"))
 
 
 if __name__ == "__main__":

@@ -1,39 +1,68 @@
 """Train LeNet-5 on Fashion-MNIST (or MNIST) with lenet's hand-written gradients.
 
-python train.py                      # the default recipe, NumPy on the CPU
-python train.py --backend cupy       # the same on an NVIDIA GPU
-python train.py --resume             # continue the run in --out from its last epoch
-python train.py --overwrite          # start over in --out, replacing the run there
+lenet-train                      # the default recipe, NumPy on the CPU (in a checkout: .venv/bin/python train.py)
+lenet-train --backend cupy       # the same on an NVIDIA GPU
+lenet-train --resume             # continue the run in --out from its last epoch
+lenet-train --overwrite          # start over in --out, replacing the run there
 """
 
+import argparse
 import shlex
 import sys
 
-from ..cli import ArgumentParser, interrupted_status, invocation, positive_int, run_main, signal_name
+from ..cli import (
+    ArgumentParser,
+    existing_folder,
+    interrupted_status,
+    invocation,
+    positive_int,
+    program_name,
+    run_main,
+    signal_name,
+)
 from ..trainer import PlainRunner, TrainConfig, TrainingInterrupted, fit
 
 DEFAULTS = TrainConfig()
-PROG = "train.py"
 
 
-def parse_args(argv=None):
-    p = ArgumentParser(prog=PROG, description="Train LeNet-5 with lenet (NumPy or CuPy).")
-    p.add_argument(
-        "--backend", choices=["numpy", "cupy"], default=DEFAULTS.backend, help="array backend (default numpy)"
+def build_parser():
+    p = ArgumentParser(
+        prog=program_name("train"),
+        description="Train LeNet-5 with lenet (NumPy or CuPy).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"example, a quick run and its test:\n  {invocation()} --epochs 5 --out runs/quick\n"
+        f"  {invocation(command='test')} --checkpoint runs/quick/best_model.npz",
     )
-    p.add_argument("--dataset", choices=["fashion-mnist", "mnist"], default=DEFAULTS.dataset)
-    p.add_argument("--data-dir", help="folder with the four IDX files (default: looked up, then downloaded)")
-    p.add_argument("--epochs", type=positive_int, help=f"number of epochs (default {DEFAULTS.epochs})")
+    p.add_argument(
+        "--backend", choices=["numpy", "cupy"], default=DEFAULTS.backend, help="array backend (default %(default)s)"
+    )
+    p.add_argument(
+        "--dataset", choices=["fashion-mnist", "mnist"], default=DEFAULTS.dataset, help="(default %(default)s)"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=existing_folder,
+        help="an existing folder with the four IDX files, or where to download them (default: looked up in "
+        "$LENET_DATA, ./data and the system's and lenet's cache folders, then downloaded into the cache)",
+    )
+    p.add_argument(
+        "--epochs", type=positive_int, help=f"number of epochs (default {DEFAULTS.epochs}; --resume: the stored run's)"
+    )
     p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="(default %(default)s)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=DEFAULTS.optimizer, help="(default %(default)s)")
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="learning rate (default %(default)s)")
     p.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="SGD momentum (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="L2 (default %(default)s)")
     p.add_argument(
-        "--schedule", choices=["constant", "cosine"], default=DEFAULTS.schedule, help="learning-rate schedule"
+        "--schedule",
+        choices=["constant", "cosine"],
+        default=DEFAULTS.schedule,
+        help="learning-rate schedule (default %(default)s)",
     )
-    p.add_argument("--activation", choices=["sigmoid", "relu", "tanh"], default=DEFAULTS.activation)
-    p.add_argument("--pool", choices=["avg", "max"], default=DEFAULTS.pool)
+    p.add_argument(
+        "--activation", choices=["sigmoid", "relu", "tanh"], default=DEFAULTS.activation, help="(default %(default)s)"
+    )
+    p.add_argument("--pool", choices=["avg", "max"], default=DEFAULTS.pool, help="(default %(default)s)")
     p.add_argument(
         "--augment",
         nargs="?",
@@ -44,10 +73,26 @@ def parse_args(argv=None):
         "fashion-mnist (not for digits); affine = those and a small rotation, scale and shear; --augment alone is "
         "shift (default %(default)s)",
     )
-    p.add_argument("--dtype", choices=["float32", "float64"], default=DEFAULTS.dtype)
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seeds the weights, the split and the shuffling")
-    p.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction, help="(default %(default)s)")
-    p.add_argument("--limit", type=positive_int, help="use only the first N training images (quick runs)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=DEFAULTS.dtype, help="(default %(default)s)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULTS.seed,
+        help="seeds the weights, the split and the shuffling (default %(default)s)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=DEFAULTS.val_fraction,
+        help="the share of the training images held out for validation (default %(default)s)",
+    )
+    p.add_argument(
+        "--limit",
+        type=positive_int,
+        metavar="N",
+        help="use only the first N images of the training set, split as --val-fraction says (N=1000: 800 to "
+        "train on, 200 to validate) (default: all 60000)",
+    )
     p.add_argument("--out", help="folder for checkpoints, history and plots (default runs/<dataset>)")
     p.add_argument(
         "--textbook",
@@ -69,10 +114,19 @@ def parse_args(argv=None):
     start.add_argument(
         "--overwrite", action="store_true", help="start over in an --out that holds a run, replacing its files"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it is shown only when stderr is a terminal, and never with TQDM_DISABLE=1)",
+    )
     p.add_argument(
         "--no-cuda-graphs", action="store_true", help="cupy: run every training step eagerly, not as a CUDA graph"
     )
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     # Which options the user gave (--resume warns about those the stored run keeps): parsed again, defaults unset.
     unset = object()
@@ -92,12 +146,20 @@ def run(argv=None):
         options["epochs"] = DEFAULTS.epochs
     config = TrainConfig(**options, progress=not args.no_progress, cuda_graphs=not args.no_cuda_graphs)
     try:
-        fit(config, runner=_runner, given=args.given, warn=lambda m: print(f"{PROG}: warning: {m}", file=sys.stderr))
+        fit(
+            config,
+            runner=_runner,
+            given=args.given,
+            warn=lambda m: print(f"{program_name('train')}: warning: {m}", file=sys.stderr),
+        )
     except TrainingInterrupted as e:
-        print(f"{PROG}: {interrupted_message(e)}", file=sys.stderr)
+        print(f"{program_name('train')}: {interrupted_message(e)}", file=sys.stderr)
         return interrupted_status(e.stop)
     except KeyboardInterrupt as stop:  # before the run folder was held: nothing was written
-        print(f"{PROG}: stopped by {signal_name(stop)} before training started; nothing was trained", file=sys.stderr)
+        print(
+            f"{program_name('train')}: stopped by {signal_name(stop)} before training started; nothing was trained",
+            file=sys.stderr,
+        )
         return interrupted_status(stop)
 
 
@@ -134,7 +196,7 @@ def _runner(model, optimizer, config):
 
 
 def main(argv=None):
-    return run_main(lambda: run(argv), PROG)
+    return run_main(lambda: run(argv), program_name("train"))
 
 
 if __name__ == "__main__":
