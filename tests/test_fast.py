@@ -281,3 +281,19 @@ def test_numpy_sigmoid_stage_in_float32_stays_close_to_the_float64_chain(rng, po
     for name in ("weight", "bias"):
         g = conv.params[name].grad
         np.testing.assert_allclose(fused.params[name].grad, g, rtol=0, atol=1e-5 * np.abs(g).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("shape,pad", [((3, 1, 28, 28), 2), ((2, 6, 14, 14), 0), ((2, 2, 8, 6), 2)])
+def test_parity_plane_columns_equal_the_stride2_windows(rng, shape, pad):
+    """The NumPy columns, copied from the input's parity planes, are exactly the (KH+1)x(KW+1) windows at stride 2
+    of the padded batch-last input (im2col's view), for a batch-last input view as C3 gets it too."""
+    c = shape[1]
+    layer = ConvPool(rng.standard_normal((3, c, 5, 5)), rng.standard_normal(3), padding=pad)
+    batch_last_view = np.ascontiguousarray(rng.standard_normal(shape).transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    for x in (batch_last_view, np.ascontiguousarray(batch_last_view)):
+        cols, padded_shape = layer._columns(x)
+        assert "planes" in layer._buffers  # the parity-plane copy ran
+        win = windows(batch_last(x, pad), 6, 6, stride=2)
+        assert padded_shape == batch_last(x, pad).shape
+        np.testing.assert_array_equal(cols[:-1], win.reshape(c * 36, -1))
+        np.testing.assert_array_equal(cols[-1], 1)

@@ -210,6 +210,8 @@ class ConvPool(Layer):
         n, c, h, w = x.shape
         _, _, kh, kw = self.weight.shape
         p = self.padding
+        if xp is np and h % 2 == w % 2 == p % 2 == 0:
+            return self._columns_from_parity_planes(x)
         if p:  # (C, H+2p, W+2p, N): the border is zeroed once, when the array is made
             xb = self._scratch("padded", (c, h + 2 * p, w + 2 * p, n), x.dtype, xp, zeros=True)
             xb[:, p : p + h, p : p + w, :] = x.transpose(1, 2, 3, 0)
@@ -221,6 +223,32 @@ class ConvPool(Layer):
         cols[:k].reshape(win.shape)[...] = win  # the one copy
         cols[k] = 1
         return cols, xb.shape
+
+    def _columns_from_parity_planes(self, x):
+        """The same columns as _columns, copied in runs of OW/2*N numbers instead of N (NumPy, H, W and padding even).
+
+        The padded input is stored as its four parity planes, (C, 2, 2, (H+2p)/2, (W+2p)/2, N): padded row 2*Y + a is
+        row Y of plane a. Window row i = 2*ii + a of block row Y is then plane row Y + ii, so for each (c, i, j, Y)
+        the block columns (X, n) are one contiguous run of the planes, where in (C, H, W, N) memory they sit at
+        stride 2 and the copy moves runs of N.
+        """
+        n, c, h, w = x.shape
+        _, _, kh, kw = self.weight.shape
+        p, hp, wp = self.padding, h + 2 * self.padding, w + 2 * self.padding
+        ob_h, ob_w = (hp - kh - 1) // 2 + 1, (wp - kw - 1) // 2 + 1  # block rows and columns
+        planes = self._scratch("planes", (c, 2, 2, hp // 2, wp // 2, n), x.dtype, np, zeros=True)  # [c, a, b, Y, X, n]
+        # Input row h sits at padded row h + p = 2 * (h // 2 + p // 2) + h % 2 (p even); the border stays zero.
+        q = p // 2
+        parity = x.reshape(n, c, h // 2, 2, w // 2, 2).transpose(1, 3, 5, 2, 4, 0)  # a view: [c, a, b, Y, X, n]
+        planes[:, :, :, q : q + h // 2, q : q + w // 2, :] = parity
+        sc, sa, sb, sy, sx, sn = planes.strides
+        shape = (c, (kh + 1) // 2, 2, (kw + 1) // 2, 2, ob_h, ob_w, n)  # [c, ii, a, jj, b, Y, X, n]: rows (c, i, j)
+        win = np.ndarray(shape, x.dtype, buffer=planes, strides=(sc, sy, sa, sx, sb, sy, sx, sn))
+        k = c * (kh + 1) * (kw + 1)
+        cols = self._scratch("cols", (k + 1, ob_h * ob_w * n), x.dtype, np)
+        cols[:k].reshape(shape)[...] = win  # the one copy
+        cols[k] = 1
+        return cols, (c, hp, wp, n)
 
     def _scratch(self, name, shape, dtype, xp, zeros=False):
         """An array this layer keeps from call to call, made again only when the shape changes. The next forward
