@@ -40,32 +40,92 @@ def random_batch(n, seed=0):
     return rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
 
 
-def cpu_model():
+def cpu_info():
+    """{field: value} of the first processor in /proc/cpuinfo ({} where there is none: not Linux)."""
+    info = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return info
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the end of the first processor's block
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+    return info
+
+
+def cpu_model():
+    return cpu_info().get("model name") or platform.processor() or platform.machine()
+
+
+# The widest vector instruction set the CPU reports, first match wins (x86 flags; ARM's "Features" line).
+INSTRUCTION_SETS = (
+    ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2"), ("sve", "SVE"), ("asimd", "NEON"),
+)  # fmt: skip
+
+
+def instruction_set(info=None):
+    """'AVX-512', 'AVX2', ... from the CPU flags; the machine's architecture name where no flag is known."""
+    info = cpu_info() if info is None else info
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    for flag, name in INSTRUCTION_SETS:
+        if flag in flags:
+            return name
+    return f"{platform.machine()} (no known vector flag)"
+
+
+def blas_description():
+    """'OpenBLAS 0.3.31, kernel Haswell': the BLAS libraries threadpoolctl finds, with the kernel OpenBLAS chose.
+
+    OpenBLAS picks its kernels for the CPU it finds at load time (threadpoolctl reports that as `architecture`),
+    unless OPENBLAS_CORETYPE names one: the same numpy wheel runs different code on different machines.
+    """
+    names = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}
+    found = [
+        f"{names.get(p['internal_api'], p['internal_api'])} {p.get('version') or '?'}"
+        + (f", kernel {p['architecture']}" if p.get("architecture") else "")
+        for p in threadpool_info()
+        if p["user_api"] == "blas"
+    ]
+    return "; ".join(found) or "none found"
 
 
 def describe_machine(threads):
-    """Header lines: machine, library versions, the BLAS/OpenMP pools threadpoolctl sees, threads used.
+    """Header lines: CPU and instruction set, BLAS kernel, library versions, the thread pools, threads used.
 
-    Call it inside threadpool_limits so the pools show the limits in force.
+    Call it inside threadpool_limits so the pools show the limits in force. Figures from different machines
+    differ by 2x and more (PyTorch most), so every output names the CPU it was measured on.
     """
     versions = [f"python {platform.python_version()}", f"numpy {np.__version__}"]
-    for name in ("torch", "cupy"):
-        module = sys.modules.get(name)
-        versions.append(f"{name} {module.__version__ if module else '-'}")
+    torch = sys.modules.get("torch")
+    if torch:
+        versions.append(
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()})"
+        )
+    else:
+        versions.append("torch -")
+    cupy = sys.modules.get("cupy")
+    versions.append(f"cupy {cupy.__version__ if cupy else '-'}")
     pools = [
         f"{p['internal_api']} {p.get('version') or ''}".strip()
         + f" ({p['num_threads']} threads, {Path(p['filepath']).name})"
         for p in threadpool_info()
     ]
     lines = [
-        f"machine  {platform.platform()}, {cpu_model()}, {core_count()} cores",
+        f"cpu      {cpu_model()}, {instruction_set()}, {core_count()} cores ({platform.platform()})",
+        f"blas     {blas_description()} (the kernel is threadpoolctl's `architecture`)",
+    ]
+    settings = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("OPENBLAS_")]
+    if settings:
+        why = (
+            " (OPENBLAS_CORETYPE overrides the kernel OpenBLAS would choose)"
+            if "OPENBLAS_CORETYPE" in os.environ
+            else ""
+        )
+        lines.append(f"env      {' '.join(settings)}{why}")
+    lines += [
         f"versions {', '.join(versions)}",
         f"pools    {'; '.join(pools) or 'none found'}",
         f"threads  {threads}",

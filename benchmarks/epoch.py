@@ -28,12 +28,16 @@ from lenet.trainer import TrainConfig, fit
 
 def parse_args(argv=None):
     p = ArgumentParser(prog="epoch.py", description="Real epoch time against the benchmark's prediction.")
-    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy", help="(default %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size, help="(default %(default)s)")
     p.add_argument("--data-dir", help="folder with the IDX files (default: looked up as train.py does)")
-    p.add_argument("--limit", type=positive_int, help="use only the first N training images")
-    p.add_argument("--repeats", type=positive_int, default=2, help="epochs and step timings, interleaved")
-    p.add_argument("--step-seconds", type=float, default=3.0, help="how long to time the steps each time")
+    p.add_argument("--limit", type=positive_int, help="use only the first N training images (default: all)")
+    p.add_argument(
+        "--repeats", type=positive_int, default=2, help="epochs and step timings, interleaved (default %(default)s)"
+    )
+    p.add_argument(
+        "--step-seconds", type=float, default=3.0, help="how long to time the steps each time (default %(default)s)"
+    )
     return p.parse_args(argv)
 
 

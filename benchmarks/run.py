@@ -1,15 +1,19 @@
-"""Training and inference throughput of lenet's LeNet-5, side by side with PyTorch eager.
+"""Training and inference throughput of lenet's LeNet-5, side by side with PyTorch eager and torch.compile.
 
-    python benchmarks/run.py [--backends numpy,cupy,torch] [--batch-sizes 32,256,1024] [--threads N]
-                             [--repeats R] [--min-time S] [--out DIR] [--quick]
+    python benchmarks/run.py [--backends numpy,cupy,torch,torch-compile] [--batch-sizes 32,256,1024]
+                             [--threads N] [--repeats R] [--min-time S] [--out DIR] [--quick]
 
 For each batch size and mode (train: FastRunner.train_step as train.py runs it, a full step of
 forward, loss, backward and SGD; infer: FastRunner.forward) every backend is warmed up, then timed R
 times, the backends interleaved within each repetition so that the drift of a shared machine hits them
 alike. A repetition calls the step in a loop for at least --min-time seconds on random data already in
 memory, synchronizing the GPU at both ends. Reported: images/s (median, min, max over the repetitions)
-and the ratio of medians to PyTorch with the same weights and threads: numpy against torch on the CPU,
-cupy against torch on CUDA. On cupy, train.py's steps are CUDA-graph replays after two eager ones
+and the ratios of medians to PyTorch with the same weights and threads: on the CPU to PyTorch eager
+(`vs torch`) and to the same module under torch.compile (`vs compile`; the optimizer step eager), on CUDA
+cupy to PyTorch eager on CUDA. torch-compile's warm-up is its compilation (two graphs per batch size,
+training and inference, made before any timing); the run checks that no timed step compiled again.
+The header names the CPU, its instruction set and the kernel OpenBLAS chose: figures from different
+machines are not comparable. On cupy, train.py's steps are CUDA-graph replays after two eager ones
 (lenet/fast/graphs.py), and so are the timed ones here; inference is eager.
 Writes <out>/results.csv and <out>/throughput.png.
 """
@@ -30,6 +34,7 @@ from common import (
     core_count,
     cpu_model,
     describe_machine,
+    instruction_set,
     positive_float,
     positive_int,
     positive_ints,
@@ -46,8 +51,14 @@ from lenet.fast.tuning import keep_freed_memory
 from lenet.files import atomic_write
 from lenet.optim import SGD
 
-BACKENDS = ("numpy", "cupy", "torch")
-REFERENCE = {"numpy": "torch", "torch": "torch", "cupy": "torch-cuda", "torch-cuda": "torch-cuda"}
+BACKENDS = ("numpy", "cupy", "torch", "torch-compile")
+# ratio column -> {backend: the backend its median is divided by}; a backend not listed gets no ratio there.
+REFERENCES = {
+    "ratio_to_torch": {
+        "numpy": "torch", "torch": "torch", "torch-compile": "torch", "cupy": "torch-cuda", "torch-cuda": "torch-cuda",
+    },
+    "ratio_to_torch_compile": {"numpy": "torch-compile", "torch": "torch-compile", "torch-compile": "torch-compile"},
+}  # fmt: skip
 MODES = ("train", "infer")
 LR, MOMENTUM = 0.01, 0.9
 COLUMNS = [
@@ -58,8 +69,9 @@ COLUMNS = [
     "images_per_s_min",
     "images_per_s_max",
     "ratio_to_torch",
+    "ratio_to_torch_compile",
 ]
-TABLE = "{:<10} {:<5} {:>5} {:>13} {:>9} {:>9} {:>9}"
+TABLE = "{:<13} {:<5} {:>5} {:>13} {:>9} {:>9} {:>9} {:>10}"
 
 
 def backend_list(text):
@@ -72,13 +84,32 @@ def backend_list(text):
 
 def parse_args(argv):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backends", type=backend_list, default=["numpy", "torch"], help="numpy,cupy,torch (any of)")
-    p.add_argument("--batch-sizes", type=positive_ints, default=[32, 256, 1024], help="comma-separated")
-    p.add_argument("--threads", type=positive_int, default=core_count(), help="for every backend (default: all cores)")
-    p.add_argument("--repeats", type=positive_int, default=7, help="timed repetitions per backend (default 7)")
-    p.add_argument("--min-time", type=positive_float, default=0.3, help="seconds per repetition (default 0.3)")
-    p.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for results.csv, throughput.png")
-    p.add_argument("--quick", action="store_true", help="tiny run for tests: batch 8, 1 repetition, 10 ms")
+    # String defaults go through `type` like typed-in values, and --help shows them as one would type them.
+    p.add_argument(
+        "--backends",
+        type=backend_list,
+        default="numpy,torch,torch-compile",
+        help=f"comma-separated, any of {','.join(BACKENDS)} (default %(default)s)",
+    )
+    p.add_argument(
+        "--batch-sizes", type=positive_ints, default="32,256,1024", help="comma-separated (default %(default)s)"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=core_count(), help="for every backend (default %(default)s: all cores)"
+    )
+    p.add_argument(
+        "--repeats", type=positive_int, default=7, help="timed repetitions per backend (default %(default)s)"
+    )
+    p.add_argument("--min-time", type=positive_float, default=0.3, help="seconds per repetition (default %(default)s)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="folder for results.csv, throughput.png (default %(default)s)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny run for tests: batch 8, 1 repetition, 10 ms (default off)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.repeats, args.min_time = [8], 1, 0.01
@@ -108,24 +139,48 @@ def setup_backends(names, threads, notes):
             makers["cupy"] = lambda x, y: lenet_steps("cupy", x, y, 1)
         else:
             notes.append(f"cupy skipped: {cupy_unavailable_reason()}")
-    if "torch" in names:
+    wanted = [name for name in ("torch", "torch-compile") if name in names]
+    if wanted:
         try:
             import torch_lenet
         except Exception as e:  # not installed, or a native library that fails to load
-            notes.append(f"torch skipped: it does not import ({type(e).__name__}: {e})")
+            notes += [f"{name} skipped: torch does not import ({type(e).__name__}: {e})" for name in wanted]
         else:
             torch_lenet.torch.set_num_threads(threads)
             state = LeNet5(seed=0).state_dict()  # the weights every lenet model starts from
-            devices = {"torch": "cpu"}
-            if "cupy" in makers and torch_lenet.torch.cuda.is_available():
-                devices["torch-cuda"] = "cuda"
-            elif "cupy" in makers:
+            variants = {}  # backend -> (device, compile)
+            if "torch" in names:
+                variants["torch"] = ("cpu", False)
+            if "torch-compile" in names:
+                variants["torch-compile"] = ("cpu", True)
+            if "cupy" in makers and "torch" in names and torch_lenet.torch.cuda.is_available():
+                variants["torch-cuda"] = ("cuda", False)
+            elif "cupy" in makers and "torch" in names:
                 notes.append("torch-cuda skipped: torch.cuda.is_available() is False, so cupy has no reference")
-            for name, device in devices.items():
-                makers[name] = lambda x, y, d=device: torch_lenet.torch_steps(state, x, y, d, LR, MOMENTUM)
+            for name, (device, compile) in variants.items():
+                makers[name] = lambda x, y, d=device, c=compile: torch_lenet.torch_steps(
+                    state, x, y, d, LR, MOMENTUM, compile=c
+                )
     if not makers:
         raise LenetError("nothing to benchmark: " + "; ".join(notes))
     return makers
+
+
+def make_steps(makers, x, y, notes):
+    """{backend: {train, infer, sync}} for one batch. A backend that fails here (torch.compile without a
+    working C++ compiler, say) is dropped from `makers` with one line in `notes`, which is also printed."""
+    steps = {}
+    for name, make in list(makers.items()):
+        try:
+            steps[name] = make(x, y)
+        except Exception as e:
+            if name != "torch-compile":  # lenet's own backends and PyTorch eager must not fail: show the traceback
+                raise
+            first = (str(e).strip().splitlines() or [""])[0]
+            notes.append(f"{name} skipped: compiling failed ({type(e).__name__}: {first[:300]})")
+            print(f"note     {notes[-1]}", flush=True)
+            del makers[name]
+    return steps
 
 
 def images_per_s(fn, sync, batch, min_time):
@@ -165,16 +220,17 @@ def summarize(samples, mode, batch):
         for name, v in samples.items()
     ]
     medians = {r["backend"]: r["images_per_s_median"] for r in rows}
-    for r in rows:
-        ref = medians.get(REFERENCE[r["backend"]])
-        r["ratio_to_torch"] = round(r["images_per_s_median"] / ref, 3) if ref else ""
+    for column, reference in REFERENCES.items():
+        for r in rows:
+            ref = medians.get(reference.get(r["backend"]))
+            r[column] = round(r["images_per_s_median"] / ref, 3) if ref else ""
     return rows
 
 
 def table_row(r):
-    ratio = f"{r['ratio_to_torch']:.2f}x" if r["ratio_to_torch"] != "" else "-"
+    ratios = (f"{r[c]:.2f}x" if r[c] != "" else "-" for c in REFERENCES)
     numbers = (f"{r[c]:,.0f}" for c in ("images_per_s_median", "images_per_s_min", "images_per_s_max"))
-    return TABLE.format(r["backend"], r["mode"], r["batch_size"], *numbers, ratio)
+    return TABLE.format(r["backend"], r["mode"], r["batch_size"], *numbers, *ratios)
 
 
 def write_csv(rows, path):
@@ -209,10 +265,24 @@ def plot(rows, path, title):
         fig.savefig(f, format="png", dpi=110)
 
 
+def compile_report(compiled, recompiled):
+    """Lines on torch.compile: seconds to compile per batch size, and whether a timed step compiled again."""
+    each = ", ".join(f"{s:.1f} s at batch {b}" for b, s in compiled.items())
+    lines = [f"torch-compile: compiling (2 graphs per batch size, in the warm-up, not timed) took {each}"]
+    if recompiled:
+        lines.append(
+            f"torch-compile: WARNING: {recompiled} graphs compiled during timing: its figures include compiling"
+        )
+    else:
+        lines.append("torch-compile: no graph compiled during timing (torch._dynamo's counters)")
+    return lines
+
+
 def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()  # as train.py does (lenet/fast/tuning.py): fresh pages each step would be timed otherwise
     started, notes, rows = time.perf_counter(), [], []
+    compiled, recompiled = {}, 0  # torch-compile: {batch: seconds compiling}, graphs made while timing
     with threadpool_limits(limits=args.threads):
         makers = setup_backends(args.backends, args.threads, notes)
         print("lenet benchmark: LeNet-5 (sigmoid, average pooling, float32), random data in memory, seed 0")
@@ -221,21 +291,39 @@ def main(argv=None):
         for note in notes:
             print(f"note     {note}")
         print()
-        print(TABLE.format("backend", "mode", "batch", "img/s median", "min", "max", "vs torch"))
+        print(TABLE.format("backend", "mode", "batch", "img/s median", "min", "max", "vs torch", "vs compile"))
         for batch in args.batch_sizes:
             x, y = random_batch(batch)
-            steps = {name: make(x, y) for name, make in makers.items()}
+            steps = make_steps(makers, x, y, notes)
+            if not steps:
+                raise LenetError("nothing left to benchmark: " + "; ".join(notes))
+            if "torch-compile" in steps:
+                import torch_lenet  # setup_backends imported it
+
+                compiled[batch] = steps["torch-compile"]["compile_s"]
+                graphs = torch_lenet.compiled_graphs()
             for mode in MODES:
                 cell = summarize(measure(steps, mode, batch, args.repeats, args.min_time), mode, batch)
                 print("\n".join(table_row(r) for r in cell), flush=True)
                 rows += cell
+            if "torch-compile" in steps:
+                recompiled += torch_lenet.compiled_graphs() - graphs
+    if not rows:
+        raise LenetError("nothing was benchmarked: " + "; ".join(notes))
+    print()
+    if compiled:
+        print("\n".join(compile_report(compiled, recompiled)))
     noisy = sum(r["images_per_s_max"] > 1.5 * r["images_per_s_min"] for r in rows)
     if noisy and args.repeats > 1:
         print(f"note: max/min above 1.5 in {noisy} of {len(rows)} rows: the machine was busy; compare medians or rerun")
     write_csv(rows, args.out / "results.csv")
-    plot(rows, args.out / "throughput.png", f"lenet LeNet-5 vs PyTorch eager, {args.threads} threads, {cpu_model()}")
+    references = " and ".join(
+        label for name, label in (("torch", "PyTorch eager"), ("torch-compile", "torch.compile")) if name in makers
+    )
+    title = f"lenet LeNet-5 vs {references or 'nothing'}, {args.threads} threads, {cpu_model()} ({instruction_set()})"
+    plot(rows, args.out / "throughput.png", title)
     took = time.perf_counter() - started
-    print(f"\nwrote {args.out / 'results.csv'} and {args.out / 'throughput.png'} ({took:.0f} s)")
+    print(f"wrote {args.out / 'results.csv'} and {args.out / 'throughput.png'} ({took:.0f} s)")
 
 
 if __name__ == "__main__":

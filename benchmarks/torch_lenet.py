@@ -1,8 +1,10 @@
-"""The reference: the same LeNet-5 in PyTorch eager (sigmoid, 2x2 average pooling, float32).
+"""The references: the same LeNet-5 in PyTorch (sigmoid, 2x2 average pooling, float32), eager or torch.compile'd.
 
 Parameter names and layouts are lenet's (c1, c3, f5, f6, f7), so lenet's state_dict loads unchanged and
 both start from identical weights. Imported only when torch is benchmarked.
 """
+
+import time
 
 import torch
 import torch.nn.functional as F
@@ -23,19 +25,39 @@ class TorchLeNet5(nn.Module):
         return self.f7(torch.sigmoid(self.f6(x)))  # (N, 10)
 
 
-def torch_steps(state, x, y, device, lr, momentum):
+def compiled_graphs():
+    """How many graphs torch.compile has made in this process (a step that recompiles adds one)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def torch_steps(state, x, y, device, lr, momentum, compile=False):
     """{train, infer, sync} closures for one batch, doing the work of lenet's DataParallel.train_step and forward.
 
     state: lenet's state_dict (NumPy arrays); x (N, 1, 28, 28) float32 and y (N,) int64 NumPy arrays.
+    compile=True runs the module through torch.compile (a PyTorch user's way to speed up a CPU model): its
+    forward and backward become Inductor's generated C++; the optimizer step stays eager, since compiling
+    it as well made every step recompile. The shapes are fixed (dynamic=False), so each batch size makes
+    two graphs, one for training and one for inference (grad mode is part of the guard), and the steps
+    after them reuse those. Both are compiled here, before any timing, by two calls of each step; the
+    dict then also has "compile_s", the seconds that took. A failure to compile (no C++ compiler, say)
+    is raised from here.
     """
     net = TorchLeNet5().to(device)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
     x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    model = net
+    if compile:
+        # Every batch size adds two graphs to forward's cache, whose default bound (8) would quietly turn
+        # a long list of batch sizes back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        model = torch.compile(net, dynamic=False)
 
     def train():
         opt.zero_grad(set_to_none=True)
-        logits = net(x)
+        logits = model(x)
         loss = F.cross_entropy(logits, y)
         loss.backward()
         opt.step()
@@ -43,10 +65,18 @@ def torch_steps(state, x, y, device, lr, momentum):
 
     def infer():
         with torch.inference_mode():
-            return net(x)
+            return model(x)
 
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
 
-    return {"train": train, "infer": infer, "sync": sync}
+    steps = {"train": train, "infer": infer, "sync": sync}
+    if compile:
+        start = time.perf_counter()
+        for _ in range(2):
+            train()
+            infer()
+        sync()
+        steps["compile_s"] = time.perf_counter() - start
+    return steps

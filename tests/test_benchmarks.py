@@ -2,10 +2,13 @@
 
 import csv
 import importlib.util
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lenet.backend import cupy_available
@@ -15,35 +18,167 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 RESULT_COLUMNS = ["backend", "mode", "batch_size", "images_per_s_median", "images_per_s_min", "images_per_s_max"]
 
 
-def bench(script, *args):
+def bench(script, *args, timeout=120, env=None):
     return subprocess.run(
-        [sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, f"benchmarks/{script}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+def benchmark_module(name, monkeypatch):
+    """benchmarks/<name>.py imported as a module (the scripts import their neighbours by plain name)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_results(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
 
 
 def test_run_quick_writes_results_and_chart(tmp_path):
     backends = "numpy,torch" if HAS_TORCH else "numpy"  # without PyTorch, the torch part is left out
     done = bench("run.py", "--quick", "--backends", backends, "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    with open(tmp_path / "results.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        assert set(RESULT_COLUMNS + ["ratio_to_torch"]) <= set(reader.fieldnames)
-        rows = list(reader)
+    fields, rows = read_results(tmp_path / "results.csv")
+    assert set(RESULT_COLUMNS + ["ratio_to_torch", "ratio_to_torch_compile"]) <= set(fields)
     expected = {(b, mode) for b in backends.split(",") for mode in ("train", "infer")}
     assert {(r["backend"], r["mode"]) for r in rows} == expected
     for r in rows:
         assert int(r["batch_size"]) > 0
         assert all(float(r[c]) > 0 for c in RESULT_COLUMNS[3:]), r
     assert (tmp_path / "throughput.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    if HAS_TORCH:  # numpy's ratio is its median over torch's, and torch is its own reference
+        median = {(r["backend"], r["mode"]): float(r["images_per_s_median"]) for r in rows}
+        for r in rows:
+            ref = median["torch", r["mode"]]
+            assert float(r["ratio_to_torch"]) == pytest.approx(median[r["backend"], r["mode"]] / ref, rel=1e-2)
+            assert r["ratio_to_torch_compile"] == ""  # torch-compile was not run
+    for name in ("cpu", "blas", "versions", "threads"):  # the header names the machine
+        assert re.search(rf"^{name} +\S", done.stdout, re.MULTILINE), name
+    cpu = next(line for line in done.stdout.splitlines() if line.startswith("cpu "))
+    assert any(isa in cpu for isa in ("AVX-512", "AVX2", "AVX,", "SSE4.2", "NEON", "SVE", "no known vector flag"))
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_run_torch_compile_reports_both_ratios_and_no_recompiles(tmp_path):
+    # Batch 8 compiles in seconds (Inductor caches it for the next run; the timeout leaves room for a cold cache).
+    # One thread: on a busy machine PyTorch's waiting OpenMP threads made compiled steps up to 100x slower.
+    argv = ["--quick", "--threads", "1", "--backends", "numpy,torch,torch-compile", "--out", str(tmp_path)]
+    done = bench("run.py", *argv, timeout=600)
+    assert done.returncode == 0, done.stderr
+    fields, rows = read_results(tmp_path / "results.csv")
+    median = {(r["backend"], r["mode"]): float(r["images_per_s_median"]) for r in rows}
+    assert set(median) == {(b, m) for b in ("numpy", "torch", "torch-compile") for m in ("train", "infer")}
+    for r in rows:
+        ours = median[r["backend"], r["mode"]]
+        assert float(r["ratio_to_torch"]) == pytest.approx(ours / median["torch", r["mode"]], rel=1e-2)
+        assert float(r["ratio_to_torch_compile"]) == pytest.approx(ours / median["torch-compile", r["mode"]], rel=1e-2)
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("backend "))
+    assert "vs torch" in header and "vs compile" in header
+    assert sum(line.startswith("torch-compile ") for line in lines) == 2  # a table row per mode
+    assert "torch-compile: no graph compiled during timing" in done.stdout
+    assert "WARNING" not in done.stdout
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_torch_compile_that_cannot_compile_is_skipped_in_one_line(tmp_path):
+    # No C++ compiler where Inductor looks for one, and an empty cache, so nothing can be reused.
+    env = {"CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    argv = ["--quick", "--threads", "1", "--backends", "numpy,torch-compile", "--out", str(tmp_path)]
+    done = bench("run.py", *argv, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stdout.splitlines() if "torch-compile skipped" in line]
+    assert len(notes) == 1 and "compiling failed" in notes[0], done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    _, rows = read_results(tmp_path / "results.csv")
+    assert {r["backend"] for r in rows} == {"numpy"}
+
+
+@pytest.mark.parametrize("script", ["run.py", "layers.py", "epoch.py"])
+def test_help_shows_every_default(script):
+    done = bench(script, "--help")
+    assert done.returncode == 0, done.stderr
+    options = done.stdout.split("options:", 1)[1]
+    entries = re.split(r"\n  (?=-)", "\n" + options)[1:]  # one entry per option, its wrapped lines included
+    assert len(entries) >= 4
+    for entry in entries:
+        if not entry.startswith("-h"):
+            assert "default" in entry, entry
+
+
+def test_instruction_set_from_cpu_flags(monkeypatch):
+    common = benchmark_module("common", monkeypatch)
+    assert common.instruction_set({"flags": "fpu sse4_2 avx avx2 fma avx512f avx512bw"}) == "AVX-512"
+    assert common.instruction_set({"flags": "fpu sse4_2 avx avx2 fma"}) == "AVX2"
+    assert common.instruction_set({"flags": "fpu sse4_2"}) == "SSE4.2"
+    assert common.instruction_set({"Features": "fp asimd evtstrm"}) == "NEON"
+    assert "no known vector flag" in common.instruction_set({})
+
+
+def test_machine_header_names_the_blas_kernel_and_openblas_settings(monkeypatch):
+    common = benchmark_module("common", monkeypatch)
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    lines = common.describe_machine(1)
+    assert any(line.startswith("env ") and "OPENBLAS_CORETYPE=Haswell" in line for line in lines)
+    blas = next(line for line in lines if line.startswith("blas "))
+    if "OpenBLAS" in blas:  # numpy's wheels bundle OpenBLAS; threadpoolctl reports the kernel it chose
+        assert "kernel " in blas
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert not any("OPENBLAS_CORETYPE" in line for line in common.describe_machine(1))
+
+
+def test_call_counter_counts_what_setprofile_sees_and_what_it_does_not(monkeypatch):
+    layers = benchmark_module("layers", monkeypatch)
+    a = np.ones((3, 3))
+
+    def inner(a):
+        return np.matmul(a, a)  # a ufunc: invisible to sys.setprofile
+
+    def step(a):
+        counter.part = "one"
+        np.exp(a)  # ufunc
+        np.concatenate([a, a])  # array-function dispatcher
+        a.reshape(9)  # method: seen
+        np.empty(2)  # function: seen
+        len(a)  # a builtin, not NumPy
+        counter.part = "two"
+        inner(a)
+        np.float32(1)  # a C type
+        return np.add(a, a)  # ufunc
+
+    with layers.CallCounter() as counter:
+        step(a)
+    assert counter.counts["one"] == {"unseen": 2, "numpy": 2, "other": 1}
+    assert counter.counts["two"] == {"unseen": 3}
+    assert counter.names == {"ndarray.reshape": 1, "empty": 1}
+    assert sys.getprofile() is None and sys.gettrace() is None or "coverage" in sys.modules
 
 
 def test_layers_tiny_prints_every_layer_and_writes_csv(tmp_path):
     done = bench("layers.py", "--batch-size", "4", "--repeats", "2", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     with open(tmp_path / "layers.csv", newline="") as f:
-        parts = [r["part"] for r in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    parts = [r["part"] for r in rows]
     assert parts == ["c1+act1+s2", "c3+act3+s4", "flatten", "f5", "act5", "f6", "act6", "f7", "loss", "sgd"]
+    assert all(int(r["c_calls"]) > 0 for r in rows), rows  # every part calls into NumPy
+    assert float(rows[-1]["step_ms"]) > 0 and rows[-1]["forward_ms"] == ""  # the optimizer is a phase of its own
     assert "total" in done.stdout
+    assert re.search(r"^by phase: forward [\d.]+ ms \(\d+%\), backward .+, optimizer ", done.stdout, re.MULTILINE)
+    total = re.search(r"^calls into C in one train_step: (\d+)", done.stdout, re.MULTILINE)
+    kinds = re.findall(r"^ +(\d+)  ", done.stdout, re.MULTILINE)
+    assert total and len(kinds) == 3 and sum(map(int, kinds)) == int(total[1]) > 50, done.stdout
+    assert int(re.search(r"^  and (\d+) operators and subscripts", done.stdout, re.MULTILINE)[1]) > 0
 
 
 BAD_FLAGS = [
