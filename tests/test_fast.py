@@ -252,3 +252,48 @@ def test_fast_runner_equals_the_plain_runner(batch, fused):
     for name in plain_w:
         np.testing.assert_allclose(fast_w[name], plain_w[name], rtol=1e-10, atol=1e-13, err_msg=name)
     np.testing.assert_allclose(fast_logits, plain_logits, rtol=1e-11, atol=1e-13)
+
+
+# -- CPU round 2 (docs/speed.md): the NumPy forms of the fused stage ----------------------------------------------
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_numpy_sigmoid_stage_in_float32_stays_close_to_the_float64_chain(rng, pool):
+    """The NumPy sigmoid stage computes 0.5 + 0.5 tanh(x / 2); in float32 it must stay as close to the exact values
+    as float32 allows, saturated pixels included (inputs scaled so that some reach |x| > 20)."""
+    from lenet.fast.convpool import _SigmoidViaTanh
+
+    wt, b = rng.standard_normal((6, 1, 5, 5)) * 2, rng.standard_normal(6)
+    x = rng.standard_normal((4, 1, 28, 28)) * 2
+    fused = ConvPool(wt.astype(np.float32), b.astype(np.float32), "sigmoid", pool, padding=2, input_grad=True)
+    assert isinstance(fused.activation, _SigmoidViaTanh)  # the form under test
+    conv = Conv2d(wt, b, padding=2)
+    chain = [conv, Sigmoid(), AvgPool2d(2) if pool == "avg" else MaxPool2d(2)]
+    expected = x
+    for layer in chain:
+        expected = layer.forward(expected)
+    out = fused.forward(x.astype(np.float32))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-6)
+    upstream = rng.standard_normal(out.shape)
+    dx, expected_dx = fused.backward(upstream.astype(np.float32)), upstream
+    for layer in reversed(chain):
+        expected_dx = layer.backward(expected_dx)
+    np.testing.assert_allclose(dx, expected_dx, rtol=0, atol=1e-5 * np.abs(expected_dx).max())
+    for name in ("weight", "bias"):
+        g = conv.params[name].grad
+        np.testing.assert_allclose(fused.params[name].grad, g, rtol=0, atol=1e-5 * np.abs(g).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("shape,pad", [((3, 1, 28, 28), 2), ((2, 6, 14, 14), 0), ((2, 2, 8, 6), 2)])
+def test_parity_plane_columns_equal_the_stride2_windows(rng, shape, pad):
+    """The NumPy columns, copied from the input's parity planes, are exactly the (KH+1)x(KW+1) windows at stride 2
+    of the padded batch-last input (im2col's view), for a batch-last input view as C3 gets it too."""
+    c = shape[1]
+    layer = ConvPool(rng.standard_normal((3, c, 5, 5)), rng.standard_normal(3), padding=pad)
+    batch_last_view = np.ascontiguousarray(rng.standard_normal(shape).transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    for x in (batch_last_view, np.ascontiguousarray(batch_last_view)):
+        cols, padded_shape = layer._columns(x)
+        assert "planes" in layer._buffers  # the parity-plane copy ran
+        win = windows(batch_last(x, pad), 6, 6, stride=2)
+        assert padded_shape == batch_last(x, pad).shape
+        np.testing.assert_array_equal(cols[:-1], win.reshape(c * 36, -1))
+        np.testing.assert_array_equal(cols[-1], 1)

@@ -29,6 +29,8 @@ from ..layers import AvgPool2d, Conv2d, Layer, Linear, MaxPool2d, ReLU, Sigmoid,
 class _SigmoidInPlace:
     """y = 1 / (1 + exp(-x)); dx = dout * y * (1 - y). Written with out= so y can overwrite x."""
 
+    input_scale, out_scale, out_shift = 1, 1, 0
+
     def forward(self, x, out):
         xp = get_array_module(x)
         y = xp.negative(x, out=out)
@@ -49,6 +51,10 @@ class _SigmoidInPlace:
 class _TanhInPlace:
     """y = tanh(x); dx = dout * (1 - y^2)."""
 
+    # What ConvPool does around the activation: the product it is given is (block weights * input_scale) @ columns,
+    # and y = out_scale * activation + out_shift after pooling. Pooling commutes with an increasing affine map.
+    input_scale, out_scale, out_shift = 1, 1, 0
+
     def forward(self, x, out):
         self.y = get_array_module(x).tanh(x, out=out)
         return self.y
@@ -63,12 +69,26 @@ class _TanhInPlace:
 class _ReLUInPlace:
     """y = x * (x > 0); dx = dout * (x > 0)."""
 
+    input_scale, out_scale, out_shift = 1, 1, 0
+
     def forward(self, x, out):
         self.mask = x > 0
         return get_array_module(x).multiply(x, self.mask, out=out)
 
     def backward(self, dout, out):
         return get_array_module(dout).multiply(dout, self.mask, out=out)
+
+
+class _SigmoidViaTanh(_TanhInPlace):
+    """sigmoid(x) = 0.5 + 0.5 * tanh(x / 2), the NumPy form: one tanh pass where 1 / (1 + exp(-x)) takes four (negate,
+    exp, add, reciprocal), and NumPy's float32 tanh is itself cheaper than its exp.
+
+    The halving rides in the block weights (a power of two: the product is exactly x / 2), and 0.5 * t + 0.5 is
+    applied to the pooled quarter-size output, not to every pixel. Backward is tanh's, 1 - t^2, with the two halvings
+    put back on the small arrays: the pooled gradient (out_scale) and the weight gradients (input_scale).
+    """
+
+    input_scale, out_scale, out_shift = 0.5, 0.5, 0.5
 
 
 ACTIVATIONS = {"sigmoid": (Sigmoid, _SigmoidInPlace), "tanh": (Tanh, _TanhInPlace), "relu": (ReLU, _ReLUInPlace)}
@@ -78,27 +98,34 @@ ACTIVATIONS = {"sigmoid": (Sigmoid, _SigmoidInPlace), "tanh": (Tanh, _TanhInPlac
 class _StackedAvg:
     """The mean of the four slabs (AvgPool2d(2)); backward gives each position a quarter of the gradient."""
 
-    def forward(self, a):
+    def forward(self, a, scale=1):
+        """The mean times `scale`."""
         out = a[0] + a[1]
         for slab in a[2:]:
             out += slab
-        out *= out.dtype.type(0.25)
+        out *= out.dtype.type(0.25 * scale)
         return out
 
-    def backward(self, dout):
-        return (dout * dout.dtype.type(0.25))[None]  # (1, ...): broadcasts over the four positions
+    def backward(self, dout, scale=1):
+        return (dout * dout.dtype.type(0.25 * scale))[None]  # (1, ...): broadcasts over the four positions
 
 
 class _StackedMax:
     """The maximum of the four slabs (MaxPool2d(2)); the whole gradient goes to the first maximum, as in PyTorch."""
 
-    def forward(self, a):
+    def forward(self, a, scale=1):
+        """The maximum times `scale` (> 0)."""
         xp = get_array_module(a)
         self.winner = a.argmax(axis=0)
-        return xp.take_along_axis(a, self.winner[None], axis=0)[0]
+        out = xp.take_along_axis(a, self.winner[None], axis=0)[0]
+        if scale != 1:
+            out *= out.dtype.type(scale)
+        return out
 
-    def backward(self, dout):
+    def backward(self, dout, scale=1):
         xp = get_array_module(dout)
+        if scale != 1:
+            dout = dout * dout.dtype.type(scale)
         positions = xp.arange(4).reshape((-1,) + (1,) * dout.ndim)
         return (positions == self.winner[None]) * dout
 
@@ -142,7 +169,8 @@ class ConvPool(Layer):
         self.conv = Conv2d(weight, bias, padding=padding, input_grad=input_grad)  # the parameters and shapes
         self.weight, self.bias, self.params = self.conv.weight, self.conv.bias, self.conv.params
         self.activation_name, self.pool_name = activation, pool
-        self.activation = ACTIVATIONS[activation][1]()
+        numpy_sigmoid = activation == "sigmoid" and get_array_module(weight) is np  # CuPy keeps its exp form
+        self.activation = (_SigmoidViaTanh if numpy_sigmoid else ACTIVATIONS[activation][1])()
         self.pool = POOLS[pool][1]()
         self.padding = padding
         self._buffers = {}
@@ -163,7 +191,8 @@ class ConvPool(Layer):
         return (shape[0], self.weight.shape[0], *(s // 2 for s in self.conv.output_shape(shape)[2:]))
 
     def _block_weights(self):
-        """(4F, C*(KH+1)*(KW+1) + 1): row (dy*2 + dx)*F + f is filter f shifted by (dy, dx), then its bias."""
+        """(4F, C*(KH+1)*(KW+1) + 1): row (dy*2 + dx)*F + f is filter f shifted by (dy, dx), then its bias; all times
+        the activation's input_scale."""
         xp = get_array_module(self.weight.data)
         f, c, kh, kw = self.weight.shape
         wb = xp.zeros((4, f, c * (kh + 1) * (kw + 1) + 1), dtype=self.weight.data.dtype)
@@ -172,6 +201,8 @@ class ConvPool(Layer):
             for dx in range(2):
                 grid[dy, dx, :, :, dy : dy + kh, dx : dx + kw] = self.weight.data
         wb[:, :, -1] = self.bias.data
+        if self.activation.input_scale != 1:
+            wb *= wb.dtype.type(self.activation.input_scale)
         return wb.reshape(4 * f, -1)
 
     def _columns(self, x):
@@ -180,6 +211,8 @@ class ConvPool(Layer):
         n, c, h, w = x.shape
         _, _, kh, kw = self.weight.shape
         p = self.padding
+        if xp is np and h % 2 == w % 2 == p % 2 == 0:
+            return self._columns_from_parity_planes(x)
         if p:  # (C, H+2p, W+2p, N): the border is zeroed once, when the array is made
             xb = self._scratch("padded", (c, h + 2 * p, w + 2 * p, n), x.dtype, xp, zeros=True)
             xb[:, p : p + h, p : p + w, :] = x.transpose(1, 2, 3, 0)
@@ -191,6 +224,32 @@ class ConvPool(Layer):
         cols[:k].reshape(win.shape)[...] = win  # the one copy
         cols[k] = 1
         return cols, xb.shape
+
+    def _columns_from_parity_planes(self, x):
+        """The same columns as _columns, copied in runs of OW/2*N numbers instead of N (NumPy, H, W and padding even).
+
+        The padded input is stored as its four parity planes, (C, 2, 2, (H+2p)/2, (W+2p)/2, N): padded row 2*Y + a is
+        row Y of plane a. Window row i = 2*ii + a of block row Y is then plane row Y + ii, so for each (c, i, j, Y)
+        the block columns (X, n) are one contiguous run of the planes, where in (C, H, W, N) memory they sit at
+        stride 2 and the copy moves runs of N.
+        """
+        n, c, h, w = x.shape
+        _, _, kh, kw = self.weight.shape
+        p, hp, wp = self.padding, h + 2 * self.padding, w + 2 * self.padding
+        ob_h, ob_w = (hp - kh - 1) // 2 + 1, (wp - kw - 1) // 2 + 1  # block rows and columns
+        planes = self._scratch("planes", (c, 2, 2, hp // 2, wp // 2, n), x.dtype, np, zeros=True)  # [c, a, b, Y, X, n]
+        # Input row h sits at padded row h + p = 2 * (h // 2 + p // 2) + h % 2 (p even); the border stays zero.
+        q = p // 2
+        parity = x.reshape(n, c, h // 2, 2, w // 2, 2).transpose(1, 3, 5, 2, 4, 0)  # a view: [c, a, b, Y, X, n]
+        planes[:, :, :, q : q + h // 2, q : q + w // 2, :] = parity
+        sc, sa, sb, sy, sx, sn = planes.strides
+        shape = (c, (kh + 1) // 2, 2, (kw + 1) // 2, 2, ob_h, ob_w, n)  # [c, ii, a, jj, b, Y, X, n]: rows (c, i, j)
+        win = np.ndarray(shape, x.dtype, buffer=planes, strides=(sc, sy, sa, sx, sb, sy, sx, sn))
+        k = c * (kh + 1) * (kw + 1)
+        cols = self._scratch("cols", (k + 1, ob_h * ob_w * n), x.dtype, np)
+        cols[:k].reshape(shape)[...] = win  # the one copy
+        cols[k] = 1
+        return cols, (c, hp, wp, n)
 
     def _scratch(self, name, shape, dtype, xp, zeros=False):
         """An array this layer keeps from call to call, made again only when the shape changes. The next forward
@@ -208,8 +267,11 @@ class ConvPool(Layer):
         z = self._scratch("product", (4 * f, cols.shape[1]), x.dtype, xp)
         matmul(wb, cols, out=z)
         z = z.reshape(4, f, -1)  # (4, F, OH/2*OW/2*N): the four pixels (dy, dx) of each block
-        a = self.activation.forward(z, out=z)  # in place: the product is this layer's own scratch array
-        out = self.pool.forward(a)  # (F, OH/2*OW/2*N)
+        act = self.activation
+        a = act.forward(z, out=z)  # in place: the product is this layer's own scratch array
+        out = self.pool.forward(a, act.out_scale)  # (F, OH/2*OW/2*N), a fresh array
+        if act.out_shift:
+            out += out.dtype.type(act.out_shift)
         self.cache = (x.shape, padded_shape, cols, wb)
         return out.reshape(f, oh, ow, n).transpose(3, 0, 1, 2)  # (N, F, OH/2, OW/2) view of batch-last memory
 
@@ -218,16 +280,20 @@ class ConvPool(Layer):
         x_shape, padded_shape, cols, wb = self.cache
         f, _, kh, kw = self.weight.shape
         dout = dout.transpose(1, 2, 3, 0).reshape(f, -1)  # (F, OH/2*OW/2*N); a view when batch-last
-        da = self.pool.backward(dout)  # (4, F, P), or (1, F, P) that broadcasts over the four
-        dz = self.activation.backward(da, out=self._scratch("dz", (4, f, cols.shape[1]), da.dtype, xp))
-        dz = dz.reshape(4 * f, -1)  # (4F, P)
+        act = self.activation
+        da = self.pool.backward(dout, act.out_scale)  # (4, F, P), or (1, F, P) that broadcasts over the four
+        dz = act.backward(da, out=self._scratch("dz", (4, f, cols.shape[1]), da.dtype, xp))
+        dz = dz.reshape(4 * f, -1)  # (4F, P): the gradient of the product, which is input_scale * the convolution
         dwb = matmul(dz, cols.T)  # (4F, C*(KH+1)*(KW+1) + 1)
         grid = dwb[:, :-1].reshape(2, 2, f, -1, kh + 1, kw + 1)  # each filter's four shifted copies
         dw = grid[0, 0, :, :, :kh, :kw] + grid[0, 1, :, :, :kh, 1:]
         dw += grid[1, 0, :, :, 1:, :kw]
         dw += grid[1, 1, :, :, 1:, 1:]
-        self.weight.grad = dw
-        self.bias.grad = dwb[:, -1].reshape(4, f).sum(axis=0)
+        db = dwb[:, -1].reshape(4, f).sum(axis=0)
+        if act.input_scale != 1:
+            dw *= dw.dtype.type(act.input_scale)
+            db *= db.dtype.type(act.input_scale)
+        self.weight.grad, self.bias.grad = dw, db
         if not self.input_grad:
             return None
         dcols = matmul(wb[:, :-1].T, dz, out=cols[:-1])  # the columns are used up: their memory takes dcols
