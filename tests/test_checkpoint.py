@@ -669,7 +669,7 @@ def test_test_py_refuses_a_checkpoint_bomb_in_one_line_under_a_memory_cap(tmp_pa
     path.write_bytes(CRAFTED[case][0]())
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, str(REPO / "test.py"), "--checkpoint", str(path), "--data-dir", str(tmp_path / "none")],
+        [sys.executable, str(REPO / "test.py"), "--checkpoint", str(path), "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,
