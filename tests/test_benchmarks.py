@@ -158,9 +158,16 @@ def test_call_counter_counts_what_setprofile_sees_and_what_it_does_not(monkeypat
 
     with layers.CallCounter() as counter:
         step(a)
-    assert counter.counts["one"] == {"unseen": 2, "numpy": 2, "other": 1}
+    one = counter.counts["one"]
+    # np.concatenate is a C dispatcher that setprofile misses on numpy 2; numpy 1.x dispatches it through Python
+    # code that setprofile sees (and that then makes a C call of its own), so only bounds hold on both.
+    assert one["other"] == 1 and one["numpy"] >= 2 and one["unseen"] >= 1 and set(one) == {"numpy", "unseen", "other"}
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        assert one == {"unseen": 2, "numpy": 2, "other": 1}
     assert counter.counts["two"] == {"unseen": 3}
-    assert counter.names == {"ndarray.reshape": 1, "empty": 1}
+    assert counter.names["ndarray.reshape"] == 1 and counter.names["empty"] == 1
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        assert counter.names == {"ndarray.reshape": 1, "empty": 1}
     assert sys.getprofile() is None and sys.gettrace() is None or "coverage" in sys.modules
 
 
