@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 import lenet.trainer
 from lenet.checkpoint import load_checkpoint, save_checkpoint
+from lenet.cli import shown_python
 from lenet.commands.train import interrupted_message
 from lenet.data import load_dataset
 from lenet.errors import LenetError
@@ -189,7 +190,9 @@ def test_ctrl_c_says_how_to_resume_and_the_hint_works_as_pasted(tmp_path, env):
     done = saved_epochs(stderr)
     assert load_checkpoint(out / "last.npz")[1]["epoch"] == done
     hint = stderr.split("continue with: ")[1].strip()
-    assert hint == f"{shlex.quote(sys.executable)} train.py --resume --out {shlex.quote(str(out))}"
+    # The Python as a shell in the checkout names it: relative when it lies inside (CI's .venv), else its full path.
+    python = shlex.quote(shown_python(sys.executable, REPO))
+    assert hint == f"{python} train.py --resume --out {shlex.quote(str(out))}"
     resumed = subprocess.run(
         [*shlex.split(hint), "--epochs", str(done + 1), "--no-progress"],
         cwd=REPO,
