@@ -4,17 +4,15 @@ import sys
 
 from ..backend import BACKENDS
 from ..checkpoint import model_from_checkpoint
-from ..cli import ArgumentParser, run_main
+from ..cli import ArgumentParser, program_name, run_main
 from ..data import load_dataset
 from ..demo import DemoServer, Inspector
 from ..errors import LenetError
 
-PROG = "demo.py"
-
 
 def parse_args(argv=None):
     p = ArgumentParser(
-        prog=PROG,
+        prog=program_name("demo"),
         description="Serve a page on which you draw (or pick a test image, or upload a picture) and see "
         "the network's input, class probabilities, C1 and C3 feature maps and saliency, live.",
     )
@@ -58,4 +56,4 @@ def main(argv=None):
         args = parse_args(argv)
     except SystemExit as e:  # --help, or a bad flag (already reported in one line)
         return e.code or 0
-    return run_main(lambda: run(args), PROG)
+    return run_main(lambda: run(args), program_name("demo"))

@@ -11,16 +11,14 @@ import numpy as np
 from .. import visualize as vis
 from ..backend import BACKENDS
 from ..checkpoint import model_from_checkpoint
-from ..cli import ArgumentParser, run_main
+from ..cli import ArgumentParser, program_name, run_main
 from ..data import load_dataset
 from ..errors import LenetError
-
-PROG = "visualize.py"
 
 
 def parse_args(argv=None):
     p = ArgumentParser(
-        prog=PROG,
+        prog=program_name("visualize"),
         description="Draw what a trained LeNet-5 computes: its filters, every layer's output for one image, "
         "saliency maps, the test set's most confident mistakes and a PCA picture of its F6 features.",
     )
@@ -117,4 +115,4 @@ def main(argv=None):
         args = parse_args(argv)
     except SystemExit as e:  # --help, or a bad flag (already reported in one line)
         return e.code or 0
-    return run_main(lambda: run(args), PROG)
+    return run_main(lambda: run(args), program_name("visualize"))
