@@ -290,12 +290,12 @@ def best_model_path(config):
     return Path(config.out) / f"best_model{CHECKPOINT_FORMATS[config.format]}"
 
 
-def save_epoch(out, model, optimizer, meta_common, progress, shuffle_rng, best_path=None):
-    """After an epoch: the best weights if validation improved, then last.npz and history.csv. Returns improved."""
+def save_epoch(out, model, optimizer, meta_common, progress, shuffle_rng, best_path):
+    """After an epoch: the best weights (to best_path) if validation improved, then last.npz and history.csv.
+    Returns whether validation improved."""
     epoch, val_acc = progress.epoch, progress.history[-1][4]
     improved = val_acc > progress.best_val_acc
     if improved:
-        best_path = out / "best_model.npz" if best_path is None else best_path
         save_checkpoint(best_path, model, {**meta_common, "epoch": epoch, "val_acc": val_acc})
         progress.best_val_acc = val_acc
     resume_meta = {

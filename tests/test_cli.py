@@ -14,27 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
+from test_train import needs_data  # the real data set, or why the tests that need it skip
 
 import lenet.commands.test
 import lenet.commands.train
 from lenet.cli import invocation, program_name, shown_python
-from lenet.data import find_dataset
-from lenet.errors import LenetError
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180
-
-
-def _fashion_mnist_missing():
-    try:
-        find_dataset("fashion-mnist", download=False)
-    except LenetError as e:
-        return f"Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): {e}"
-    return None
-
-
-MISSING_DATA = _fashion_mnist_missing()
-needs_data = pytest.mark.skipif(MISSING_DATA is not None, reason=MISSING_DATA or "")
 
 
 @pytest.fixture(scope="module")

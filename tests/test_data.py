@@ -85,18 +85,7 @@ def write_files(folder, files, compress=True):
     return folder
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No test reads the user's cache, $LENET_DATA, ./data of the repository, or goes through a proxy."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.delenv("LENET_DATA", raising=False)
-    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "*")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    return cwd
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: no user cache, no proxy, a cwd of its own
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_data import idx_bytes
 
 from lenet.backend import to_numpy
 from lenet.data import (
@@ -28,16 +29,11 @@ from lenet.errors import LenetError
 
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
 FILE_NAMES = [name for split in SPLIT_FILES.values() for name in split]
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: no user cache, no proxy, a cwd of its own
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers: small IDX files of our own, under the real data sets' names with their checksums swapped
-
-
-def idx_bytes(array):
-    """The IDX bytes of a uint8 array (type code 0x08)."""
-    array = np.asarray(array, dtype=np.uint8)
-    return bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
 
 
 def small_arrays(seed=0, n_train=10, n_test=6, size=28):
@@ -71,20 +67,6 @@ def as_real(monkeypatch, dataset, arrays, mirrors=()):
     )
     monkeypatch.setitem(DATASETS, dataset, info)
     return info
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No test reads the user's cache, $LENET_DATA, ./data of the repository, or goes through a proxy."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.delenv("LENET_DATA", raising=False)
-    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "*")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    return cwd
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

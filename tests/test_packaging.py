@@ -20,26 +20,13 @@ import venv
 from pathlib import Path
 
 import pytest
-
-from lenet.data import find_dataset
-from lenet.errors import LenetError
+from test_train import MISSING_DATA  # the real data set, or why the tests that need it skip
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 _BUILD = importlib.util.find_spec("build")
 HAS_BUILD = _BUILD is not None and _BUILD.origin is not None  # not the checkout's own build/ folder
 needs_build = pytest.mark.skipif(not HAS_BUILD, reason="the 'build' package is not installed (pip install build)")
-
-
-def _fashion_mnist_missing():
-    try:
-        find_dataset("fashion-mnist", download=False)
-    except LenetError as e:
-        return f"Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): {e}"
-    return None
-
-
-MISSING_DATA = _fashion_mnist_missing()
 
 
 def run(args, cwd, env=None):

@@ -331,11 +331,11 @@ def test_sigterm_on_a_full_disk_still_says_how_to_resume(quick, tmp_path, monkey
 
     real_save = lenet.trainer.save_epoch
 
-    def save_epoch(out, model, optimizer, meta_common, progress, shuffle_rng, best_path=None):
+    def save_epoch(out, model, optimizer, meta_common, progress, shuffle_rng, best_path):
         if progress.epoch == 2:
             full.append(True)  # from now on the disk is full
             raise Terminated  # SIGTERM in epoch 2, just before its files
-        return real_save(out, model, optimizer, meta_common, progress, shuffle_rng)
+        return real_save(out, model, optimizer, meta_common, progress, shuffle_rng, best_path)
 
     full, real_write, real_plot = [], lenet.trainer.write_history, lenet.trainer.plot_history
 
