@@ -69,7 +69,7 @@ def main(argv=None):
             rates.append(step_rate(args.backend, args.batch_size, args.step_seconds))
             config = TrainConfig(
                 backend=args.backend, batch_size=args.batch_size, epochs=1, data_dir=args.data_dir,
-                limit=args.limit, out=out, progress=False,
+                limit=args.limit, out=out, progress=False, overwrite=True,  # each repetition in the same folder
             )  # fmt: skip
             history = fit(config, runner=FastRunner.for_config, log=lambda *a: None)
             epochs.append(float(history["seconds"].iloc[0]))

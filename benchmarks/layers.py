@@ -245,6 +245,8 @@ def main(argv=None):
         with CallCounter() as step_calls:
             one_thread.train_step(x, y)
             sync()
+        runner.close()
+        one_thread.close()
     parts = [name for name, _ in model.layers] + ["loss", "sgd"]
     rows, total = breakdown(samples, parts, part_calls)
 

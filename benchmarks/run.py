@@ -117,7 +117,7 @@ def parse_args(argv):
 
 
 def lenet_steps(backend, x, y, threads):
-    """{train, infer, sync} for one batch, run as train.py runs them (lenet.fast.FastRunner)."""
+    """{train, infer, sync, close} for one batch, run as train.py runs them (lenet.fast.FastRunner)."""
     model = LeNet5(activation="sigmoid", pool="avg", backend=backend, dtype="float32", seed=0)
     opt = SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     runner = FastRunner(model, opt, threads if backend == "numpy" else 1)
@@ -126,6 +126,7 @@ def lenet_steps(backend, x, y, threads):
         "train": lambda: runner.train_step(x, y),
         "infer": lambda: runner.forward(x),
         "sync": lambda: synchronize(model.xp),
+        "close": runner.close,  # its worker processes (lenet/fast/processes.py)
     }
 
 
@@ -308,6 +309,8 @@ def main(argv=None):
                 rows += cell
             if "torch-compile" in steps:
                 recompiled += torch_lenet.compiled_graphs() - graphs
+            for s in steps.values():
+                s.get("close", lambda: None)()
     if not rows:
         raise LenetError("nothing was benchmarked: " + "; ".join(notes))
     print()

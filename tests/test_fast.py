@@ -11,6 +11,7 @@ from lenet import LeNet5
 from lenet.backend import to_numpy
 from lenet.fast import DataParallel, FastRunner
 from lenet.fast.convpool import BatchLastLinear, ConvPool, col2im_stride2
+from lenet.fast.processes import available as processes_available
 from lenet.gradcheck import assert_grad_close, check_layer, numerical_grad
 from lenet.im2col import batch_last, windows
 from lenet.layers import AvgPool2d, Conv2d, Linear, MaxPool2d, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
@@ -128,6 +129,9 @@ def test_batch_last_linear_equals_linear_and_keeps_the_memory_order(xp, rng):
 
 
 # -- data parallelism and the runner ---------------------------------------------------------------------------
+needs_processes = pytest.mark.skipif(not processes_available(), reason="worker processes need Linux (memfd_create)")
+
+
 def serial_step(model, x, y, lr=0.1):
     ce = SoftmaxCrossEntropy()
     loss = ce.forward(model.forward(x), y)
@@ -136,13 +140,17 @@ def serial_step(model, x, y, lr=0.1):
     return float(loss)
 
 
+WORKERS = [pytest.param(True, id="processes", marks=needs_processes), pytest.param(False, id="threads")]
+
+
+@pytest.mark.parametrize("processes", WORKERS)
 @pytest.mark.parametrize("threads,batch", [(2, 256), (2, 300), (1, 300), (2, 1024), (3, 200)])
-def test_parallel_step_equals_serial_step_in_float64(threads, batch):
+def test_parallel_step_equals_serial_step_in_float64(threads, batch, processes):
     rng = np.random.default_rng(0)
     x, y = rng.random((batch, 1, 28, 28)), rng.integers(0, 10, batch)
     serial = LeNet5(dtype="float64", seed=4)
     parallel = LeNet5(dtype="float64", seed=4)
-    runner = DataParallel(parallel, threads)
+    runner = DataParallel(parallel, threads, processes=processes)
     assert len(runner.chunks(batch)) > 1  # the case under test really splits the batch
     try:
         loss_serial = serial_step(serial, x, y)
@@ -173,14 +181,15 @@ def test_chunks_cover_the_batch_in_order():
         runner.close()
 
 
-@pytest.mark.parametrize("batch", [200, 512])
-def test_steps_are_the_same_bit_for_bit_whatever_the_threads(batch):
+@pytest.mark.parametrize("processes", WORKERS)
+@pytest.mark.parametrize("batch", [32, 200, 512])
+def test_steps_are_the_same_bit_for_bit_whatever_the_threads(batch, processes):
     rng = np.random.default_rng(1)
     x, y = rng.random((batch, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, batch)
     states = []
     for threads in (2, 2, 1, 3):
         model = LeNet5(seed=2)
-        runner = DataParallel(model, threads)
+        runner = DataParallel(model, threads, processes=processes)
         opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
         for _ in range(3):
             runner.train_step(opt, x, y)
@@ -189,6 +198,122 @@ def test_steps_are_the_same_bit_for_bit_whatever_the_threads(batch):
     for state in states[1:]:
         for k in states[0]:
             np.testing.assert_array_equal(states[0][k], state[k])
+
+
+@needs_processes
+def test_worker_processes_split_small_batches_and_threads_do_not():
+    model = LeNet5()
+    with_processes, with_threads = DataParallel(model, 2), DataParallel(model, 2, processes=False)
+    assert with_processes.processes and not with_threads.processes  # processes are the default where they run
+    assert with_processes.chunks(15) == [(0, 15)] and with_processes.chunks(16) == [(0, 8), (8, 16)]
+    assert with_threads.chunks(95) == [(0, 95)] and len(with_threads.chunks(96)) == 2
+    with_processes.close()
+    with_threads.close()
+
+
+def run_steps(runner, model, batches):
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = [float(runner.train_step(opt, x, y)[0]) for x, y in batches]
+    return losses, model.state_dict(), to_numpy(runner.forward(batches[0][0]))
+
+
+def float64_batches(n=3, batch=40):
+    rng = np.random.default_rng(3)
+    return [(rng.random((batch, 1, 28, 28)), rng.integers(0, 10, batch)) for _ in range(n)]
+
+
+def assert_same_run(a, b):
+    np.testing.assert_array_equal(a[0], b[0])
+    for name in a[1]:
+        np.testing.assert_array_equal(a[1][name], b[1][name], err_msg=name)
+    np.testing.assert_array_equal(a[2], b[2])
+
+
+@needs_processes
+def test_a_worker_process_that_dies_leaves_the_run_going_on_threads_with_the_same_numbers():
+    import os
+    import signal
+
+    batches = float64_batches()
+    model = LeNet5(dtype="float64", seed=7)
+    expected = run_steps(DataParallel(model, 1), model, batches)  # one worker: the calling thread alone
+    model = LeNet5(dtype="float64", seed=7)
+    runner = DataParallel(model, 2)
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = [float(runner.train_step(opt, *batches[0])[0])]
+    worker = runner._workers[0]
+    os.kill(worker.process.pid, signal.SIGKILL)
+    worker.process.wait()
+    with pytest.warns(UserWarning, match=r"a worker process ended \(exit status -9\); the chunks run on threads"):
+        losses.append(float(runner.train_step(opt, *batches[1])[0]))
+    assert not runner.processes and not runner._workers
+    losses += [float(runner.train_step(opt, x, y)[0]) for x, y in batches[2:]]
+    got = (losses, model.state_dict(), to_numpy(runner.forward(batches[0][0])))
+    runner.close()
+    assert_same_run(got, expected)
+
+
+@needs_processes
+def test_an_interrupted_step_leaves_no_worker_behind_and_the_next_step_is_exact(monkeypatch):
+    """Ctrl-C while the workers run their chunks: they are closed, and the next step starts them afresh."""
+    batches = float64_batches()
+    model = LeNet5(dtype="float64", seed=8)
+    expected = run_steps(DataParallel(model, 1), model, batches)
+    model = LeNet5(dtype="float64", seed=8)
+    runner = DataParallel(model, 2)
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = [float(runner.train_step(opt, *batches[0])[0])]
+    first = runner._workers[0]
+    real = DataParallel._train_chunk
+
+    def interrupted(self, *args):
+        monkeypatch.setattr(DataParallel, "_train_chunk", real)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DataParallel, "_train_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.train_step(opt, *batches[1])
+    assert runner._workers == [] and first.process.poll() is not None  # the worker ended
+    losses += [float(runner.train_step(opt, x, y)[0]) for x, y in batches[1:]]
+    assert runner.processes and runner._workers and runner._workers[0] is not first
+    got = (losses, model.state_dict(), to_numpy(runner.forward(batches[0][0])))
+    runner.close()
+    assert_same_run(got, expected)
+
+
+@needs_processes
+def test_worker_processes_are_in_their_own_session_and_end_with_close():
+    """Ctrl-C in a terminal goes to the foreground process group: the workers must not get it."""
+    import os
+
+    model = LeNet5()
+    runner = DataParallel(model, 3)
+    try:
+        runner.forward(np.zeros((300, 1, 28, 28), np.float32))  # three chunks: one each
+        workers = list(runner._workers)
+        assert len(workers) == 2
+        assert all(os.getsid(w.process.pid) not in (os.getsid(0), os.getpgid(0)) for w in workers)
+    finally:
+        runner.close()
+    assert all(w.process.returncode == 0 for w in workers)
+
+
+@needs_processes
+def test_the_parameters_are_shared_with_the_workers_and_reshared_when_replaced():
+    batches = float64_batches(n=2)
+    model = LeNet5(dtype="float64", seed=9)
+    reference = LeNet5(dtype="float64", seed=9)
+    runner, plain = DataParallel(model, 2), DataParallel(reference, 1)
+    try:
+        runner.forward(batches[0][0])
+        new_weight = np.random.default_rng(0).random(model.f7.weight.shape)
+        model.f7.weight.data = new_weight.copy()  # a new array, not the shared one: the next step must see it
+        reference.f7.weight.data = new_weight.copy()
+        a = run_steps(runner, model, batches)
+        b = run_steps(plain, reference, batches)
+        assert_same_run(a, b)
+    finally:
+        runner.close()
 
 
 def test_settings_are_restored_after_a_parallel_step():

@@ -1,17 +1,14 @@
-"""Data parallelism on the CPU: Python threads that each run part of a batch, each with a one-thread BLAS.
+"""Data parallelism on the CPU: workers that each run part of a batch, each with a one-thread BLAS.
 
 What it must equal: trainer.train_step on the whole batch (forward, mean loss, backward, optimizer step), the same
 numbers up to the rounding of adding the chunks' gradients (tests/test_fast.py: 1e-12 in float64), and the same bits
 whatever the number of threads. `benchmarks/run.py` measures what it gains.
 
-NumPy releases the GIL inside ufuncs and BLAS calls, so two threads, each running forward and backward on
-part of the batch with a one-thread BLAS, keep both cores busy through the elementwise work too, which a
-single thread (whose BLAS alone is multi-threaded) leaves on one core. Each thread uses its own replica of
-the model (shared weights, own caches and gradients). Batches are cut into chunks of at most `max_chunk`
-images, which the threads take in turn, so the im2col buffers of a chunk stay in cache. How a batch is cut
-depends on its size alone, and the chunks' gradients are added in chunk order, so the result is the same,
-bit for bit, whatever the number of threads. The loss is the mean over the whole batch: each chunk's loss
-gradient is scaled by its share.
+A batch is cut into chunks, which the workers take in turn: the calling thread and, on Linux, worker processes
+(processes.py), elsewhere Python threads (NumPy releases the GIL inside ufuncs and BLAS calls), each thread with its
+own replica of the model (shared weights, own caches and gradients). How a batch is cut depends on its size alone,
+and the chunks' gradients are added in chunk order, so the result is the same, bit for bit, whatever the number of
+workers. The loss is the mean over the whole batch: each chunk's loss gradient is scaled by its share.
 
 BLAS runs one thread per call during a step, also when the batch is too small to split: OpenBLAS's own threads
 spin while they wait (lenet/fast/tuning.py).
@@ -20,11 +17,13 @@ spin while they wait (lenet/fast/tuning.py).
 import contextlib
 import os
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ..layers import SoftmaxCrossEntropy
+from . import processes as _processes
 from .tuning import one_thread_blas
 
 # With the default 5 ms switch interval a thread that wants the GIL back can wait long between the many
@@ -40,21 +39,28 @@ def default_threads(xp):
 
 
 class DataParallel:
-    """Runs training steps and inference of `model` on `threads` threads, over chunks of each batch.
+    """Runs training steps and inference of `model` over chunks of each batch, on `threads` workers.
 
     A batch of at least `split_at` images is cut into two chunks or more, of at most `max_chunk` images
-    (beyond max_chunk the buffers fall out of cache). Smaller batches run on one thread: a small chunk's many
-    short NumPy calls hold the GIL most of the time, so two threads on half a small batch each were no faster
-    than one thread on all of it (docs/speed.md). A batch of one chunk is exactly trainer.train_step.
+    (beyond max_chunk the buffers fall out of cache); smaller batches run whole, in the calling thread. Chunk c
+    goes to worker c % threads, worker 0 being the calling thread. On Linux the other workers are processes
+    (lenet/fast/processes.py): each pays a chunk's many short NumPy calls on its own core, so batches split
+    from 16 images. Elsewhere (or with processes=False) they are threads with replicas of the model;
+    a small chunk's short NumPy calls hold the GIL most of the time, so threads split only from 96 images
+    (docs/speed.md). A batch of one chunk is exactly trainer.train_step.
     """
 
-    def __init__(self, model, threads=2, split_at=96, max_chunk=128):
+    def __init__(self, model, threads=2, split_at=None, max_chunk=128, processes=None):
         self.model, self.threads = model, threads
         self.on_cpu = model.xp is np  # a GPU wants the whole batch in one go, and has no BLAS threads to tame
-        self.split_at, self.max_chunk = split_at, max_chunk
-        self.replicas = [model] + [model.replica() for _ in range(threads - 1)]
+        if processes is None:
+            processes = self.on_cpu and _processes.available()
+        self.processes = bool(processes) and self.on_cpu
+        self.split_at = split_at if split_at is not None else (16 if self.processes else 96)
+        self.max_chunk = max_chunk
         self.loss_fns = [SoftmaxCrossEntropy() for _ in range(threads)]
-        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        self._replicas, self._pool = None, None  # made when threads first run chunks
+        self._workers, self._weights = [], None  # made when processes first run chunks
 
     def chunks(self, n):
         """[(start, stop)] of the chunks of a batch of n images; depends on n only, not on the threads."""
@@ -66,12 +72,13 @@ class DataParallel:
 
     @contextlib.contextmanager
     def _settings(self, parallel):
-        """Process-wide settings that hold only during a step: a one-thread BLAS (NumPy), a short switch interval."""
+        """Process-wide settings that hold only during a step: a one-thread BLAS (NumPy), a short switch interval
+        (threads)."""
         if not self.on_cpu:
             yield
             return
         old = sys.getswitchinterval()
-        if parallel:
+        if parallel and not self.processes:
             sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
             with one_thread_blas():
@@ -79,41 +86,102 @@ class DataParallel:
         finally:
             sys.setswitchinterval(old)
 
-    def _map(self, work, n_chunks):
-        """work(replica_index, chunk_index) for every chunk, the threads taking them in turn; results in order."""
-        threads = min(self.threads, n_chunks)
-        with self._settings(parallel=threads > 1):
-            if threads == 1:
-                return [work(0, c) for c in range(n_chunks)]
+    def _train_chunk(self, r, x, y, n):
+        """Forward, loss and backward of one chunk on replica r: (its share of the loss, hits, gradients)."""
+        model, loss_fn = self._replica(r), self.loss_fns[r]
+        logits = model.forward(x)
+        loss = loss_fn.forward(logits, y)
+        dlogits = loss_fn.backward()
+        if x.shape[0] != n:
+            loss = loss * (x.shape[0] / n)
+            dlogits *= dlogits.dtype.type(x.shape[0] / n)
+        model.backward(dlogits)
+        # Each backward pass gives its layers new gradient arrays, so keeping these references is safe.
+        return loss, (logits.argmax(axis=1) == y).sum(), [p.grad for p in model.parameters()]
 
+    def _replica(self, r):
+        if r == 0:
+            return self.model
+        if self._replicas is None:
+            self._replicas = [self.model.replica() for _ in range(self.threads - 1)]
+        return self._replicas[r - 1]
+
+    def _run(self, op, x, y):
+        """op ("train" or "forward") on every chunk of the batch, the workers taking chunks in turn: the results in
+        chunk order ((loss, hits, grads) or logits)."""
+        n = x.shape[0]
+        chunks = self.chunks(n)
+        workers = min(self.threads, len(chunks))
+
+        def local(r, c):
+            lo, hi = chunks[c]
+            if op == "train":
+                return self._train_chunk(r, x[lo:hi], y[lo:hi], n)
+            return self._replica(r).forward(x[lo:hi])
+
+        with self._settings(parallel=workers > 1):
+            if workers == 1:
+                return [local(0, c) for c in range(len(chunks))]
+            if self.processes:
+                try:
+                    return self._run_on_processes(op, x, y, chunks, workers, local)
+                except _processes.WorkerError as e:
+                    warnings.warn(f"{e}; the chunks run on threads from now on", stacklevel=3)
+                    self._close_workers()
+                    self.processes = False
             errors = np.geterr()  # np.errstate is per thread: carry the caller's into the workers
 
             def share(t):
                 with np.errstate(**errors):
-                    return [work(t, c) for c in range(t, n_chunks, threads)]
+                    return [local(t, c) for c in range(t, len(chunks), workers)]
 
-            per_thread = list(self._pool.map(share, range(threads)))
-        return [per_thread[c % threads][c // threads] for c in range(n_chunks)]
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads)
+            per_thread = list(self._pool.map(share, range(workers)))
+        return [per_thread[c % workers][c // workers] for c in range(len(chunks))]
+
+    def _run_on_processes(self, op, x, y, chunks, workers, local):
+        """_run with workers 1.. as processes: each is sent its chunks, the calling process runs its own meanwhile."""
+        self._share_weights()
+        try:
+            while len(self._workers) < workers - 1:
+                self._workers.append(_processes.Worker(self.model, self._weights[0]))
+            for w, worker in enumerate(self._workers[: workers - 1], start=1):
+                worker.send(op, x, y, chunks[w::workers], x.shape[0])
+            results = [None] * len(chunks)
+            for c in range(0, len(chunks), workers):  # this process's own chunks, while the workers run theirs
+                results[c] = local(0, c)
+            dtype = self.model.dtype.type
+            for w, worker in enumerate(self._workers[: workers - 1], start=1):
+                worker.wait()
+                at = 0
+                for i, c in enumerate(range(w, len(chunks), workers)):
+                    lo, hi = chunks[c]
+                    if op == "forward":
+                        results[c] = worker.io["logits"][at : at + hi - lo]
+                    else:
+                        loss, hits = worker.io["scalars"][i]
+                        results[c] = (dtype(loss), int(hits), worker.gradients(i))
+                    at += hi - lo
+            return results
+        except BaseException:  # Ctrl-C, or a worker's failure: a worker may be mid-chunk, so start afresh next time
+            self._close_workers()
+            raise
+
+    def _share_weights(self):
+        """Put the model's parameters in shared memory (again, if something gave a parameter a new array)."""
+        if self._weights is None:
+            self._weights = _processes.share_parameters(self.model)
+            return
+        shared = self._weights[1]
+        for name, p in self.model.named_parameters():
+            if p.data is not shared[name]:
+                shared[name][...] = p.data
+                p.data = shared[name]
 
     def train_step(self, optimizer, x, y):
         """Forward, loss, backward and optimizer step on a batch. Returns (loss, correct) on the device."""
-        n = x.shape[0]
-        chunks = self.chunks(n)
-
-        def work(r, c):
-            model, loss_fn = self.replicas[r], self.loss_fns[r]
-            lo, hi = chunks[c]
-            logits = model.forward(x[lo:hi])
-            loss = loss_fn.forward(logits, y[lo:hi])
-            dlogits = loss_fn.backward()
-            if hi - lo != n:
-                loss = loss * ((hi - lo) / n)
-                dlogits *= dlogits.dtype.type((hi - lo) / n)
-            model.backward(dlogits)
-            # Each backward pass gives its layers new gradient arrays, so keeping these references is safe.
-            return loss, (logits.argmax(axis=1) == y[lo:hi]).sum(), [p.grad for p in model.parameters()]
-
-        results = self._map(work, len(chunks))
+        results = self._run("train", x, y)
         loss, correct, grads = results[0]
         for other_loss, other_correct, other_grads in results[1:]:  # in chunk order
             loss, correct = loss + other_loss, correct + other_correct
@@ -126,10 +194,18 @@ class DataParallel:
 
     def forward(self, x):
         """Logits for a batch, its chunks run in parallel."""
-        chunks = self.chunks(x.shape[0])
-        out = self._map(lambda r, c: self.replicas[r].forward(x[chunks[c][0] : chunks[c][1]]), len(chunks))
+        out = self._run("forward", x, None)
         return out[0] if len(out) == 1 else self.model.xp.concatenate(out)
+
+    def _close_workers(self):
+        for worker in self._workers:
+            worker.close()
+        self._workers = []
 
     def close(self):
         if self._pool is not None:
             self._pool.shutdown()
+        self._close_workers()
+        if self._weights is not None:
+            os.close(self._weights[0])  # the parameters keep their views of the mapping
+            self._weights = None

@@ -1,0 +1,280 @@
+"""Worker processes for data parallelism on Linux: each runs its share of a batch's chunks in a Python of its own.
+
+What it must equal: the same chunks run in the calling process (parallel.DataParallel with one thread), bit for bit.
+A worker runs the same code on the same numbers: its model's parameters are the caller's own arrays (shared memory),
+and what it computes (each chunk's loss, hits and gradients, or its logits) is copied back exactly.
+tests/test_fast.py holds DataParallel to that for every number of workers.
+
+Why processes and not only threads: a small chunk is mostly short NumPy calls that hold the GIL, and on a virtual
+machine each hand-over of the GIL between two threads waits for the other core to wake up. Two threads on half a batch
+of 32 each were slower than one thread on all of it; two processes share no GIL, so each pays its chunk's fixed costs
+at the same time as the other (docs/speed.md has the figures).
+
+How it is built, with no fork and no code sent between the processes:
+- The parameters live in a memfd, an anonymous file in memory: never named on disk or in /dev/shm, and gone when the
+  last process holding it ends, kill -9 included. `share_parameters` copies them in and points each Parameter at its
+  view, so the caller's optimizer steps update what the workers read.
+- A worker is a new Python (this interpreter, running `main`) in a session of its own, so Ctrl-C in a terminal reaches
+  only the caller, which decides what happens. It is given three file descriptors: its end of a socket pair, the
+  weights' memfd and a memfd of its own for the images it is sent and the results it sends back. It builds the same
+  LeNet5 (activation, pooling, dtype, fused) on the shared weights, and ends when its socket closes, however the
+  caller ended.
+- Messages are small tuples of numbers and names; the arrays go through shared memory. Both sides poll for a message
+  a little before they sleep (SPIN_S).
+"""
+
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+INPUT_SHAPE = (1, 28, 28)
+CLASSES = 10
+_ALIGN = 64
+# How long a process that waits for the other side polls before it sleeps. On a virtual machine a sleeping core took
+# 0.1-1 ms to wake, more than a small chunk's whole work; polling keeps the hand-over to tens of microseconds.
+SPIN_S = 2e-3
+_WORKER_MAIN = "import sys; from lenet.fast.processes import main; main(sys.argv[1:])"
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def available():
+    """Whether this platform can run workers: Linux, with memfd_create (elsewhere DataParallel uses threads)."""
+    return sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+
+
+class SharedArrays:
+    """Arrays laid out one after another in a memfd-backed shared mapping; layout is [(name, shape, dtype)]."""
+
+    def __init__(self, fd, layout, create=False):
+        offsets, size = [], 0
+        for _, shape, dtype in layout:
+            offsets.append(size)
+            size += -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize // _ALIGN) * _ALIGN
+        if create:
+            os.ftruncate(fd, max(size, _ALIGN))
+        self.layout, self.size = layout, max(size, _ALIGN)
+        self._map = mmap.mmap(fd, self.size)
+        self.arrays = {
+            name: np.ndarray(shape, dtype, buffer=self._map, offset=offset)
+            for (name, shape, dtype), offset in zip(layout, offsets, strict=True)
+        }
+
+    def __getitem__(self, name):
+        return self.arrays[name]
+
+
+def weights_layout(model):
+    return [(name, tuple(p.shape), model.dtype.str) for name, p in model.named_parameters()]
+
+
+def io_layout(images, chunks, n_params, dtype):
+    """What one worker is sent and sends back: its images and labels, logits, and per chunk (loss, hits) and the
+    flat gradient."""
+    dtype = np.dtype(dtype).str
+    return [
+        ("x", (images, *INPUT_SHAPE), dtype),
+        ("y", (images,), "<i8"),
+        ("logits", (images, CLASSES), dtype),
+        ("scalars", (chunks, 2), "<f8"),
+        ("grads", (chunks, n_params), dtype),
+    ]
+
+
+def share_parameters(model):
+    """Move the model's parameters into a new memfd (copied; every Parameter then holds a view of it). Returns
+    (fd, SharedArrays)."""
+    fd = os.memfd_create("lenet-weights", os.MFD_CLOEXEC)
+    shared = SharedArrays(fd, weights_layout(model), create=True)
+    for name, p in model.named_parameters():
+        shared[name][...] = p.data
+        p.data = shared[name]
+    return fd, shared
+
+
+class Worker:
+    """One worker process and its shared memory, seen from the calling process."""
+
+    def __init__(self, model, weights_fd):
+        self.n_params = model.num_params()
+        self.shapes = [tuple(p.shape) for p in model.parameters()]
+        self._gradients = {}  # chunk slot -> its per-parameter views of io["grads"]
+        self.dtype = model.dtype
+        self.io_fd = os.memfd_create("lenet-worker", os.MFD_CLOEXEC)
+        self.io, self.capacity = None, (0, 0)  # (images, chunks) the mapping holds
+        ours, theirs = _socketpair()
+        fds = (theirs, weights_fd, self.io_fd)
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_MAIN, *map(str, fds)],
+                pass_fds=fds,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=_PACKAGE_PARENT,  # where this lenet is imported from, installed or a checkout
+            )
+        except OSError as e:
+            os.close(ours)
+            os.close(self.io_fd)
+            raise WorkerError(f"could not start a worker process ({e})") from e
+        finally:
+            os.close(theirs)
+        self.conn = Connection(ours)
+        settings = {"activation": model.activation, "pool": model.pool, "dtype": model.dtype.name, "fused": model.fused}
+        self._send(("start", settings, weights_layout(model)))
+
+    def _send(self, message):
+        try:
+            self.conn.send(message)
+        except OSError as e:
+            raise self._ended() from e
+
+    def _ended(self):
+        try:
+            status = self.process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            status = "unknown"
+        return WorkerError(f"a worker process ended (exit status {status})")
+
+    def reserve(self, images, chunks):
+        """Make the shared mapping hold at least `images` images and `chunks` chunks' results."""
+        if images <= self.capacity[0] and chunks <= self.capacity[1]:
+            return
+        self.capacity = (max(images, self.capacity[0]), max(chunks, self.capacity[1]))
+        layout = io_layout(*self.capacity, self.n_params, self.dtype)
+        self.io = SharedArrays(self.io_fd, layout, create=True)
+        self._gradients = {}
+        self._send(("map", layout))
+
+    def gradients(self, slot):
+        """The per-parameter gradients the worker wrote for its chunk `slot` (views of shared memory)."""
+        if slot not in self._gradients:
+            flat, views, start = self.io["grads"][slot], [], 0
+            for shape in self.shapes:
+                size = int(np.prod(shape))
+                views.append(flat[start : start + size].reshape(shape))
+                start += size
+            self._gradients[slot] = views
+        return self._gradients[slot]
+
+    def send(self, op, x, y, chunks, n):
+        """Start `op` ("train" or "forward") on the chunks [(lo, hi)] of the batch x, y (the whole batch's size n)."""
+        images = sum(hi - lo for lo, hi in chunks)
+        self.reserve(images, len(chunks))
+        local, at = [], 0
+        for lo, hi in chunks:  # the worker's chunks, one after another in its own buffer
+            self.io["x"][at : at + hi - lo] = x[lo:hi]
+            if y is not None:
+                self.io["y"][at : at + hi - lo] = y[lo:hi]
+            local.append((at, at + hi - lo))
+            at += hi - lo
+        self._send((op, local, n, np.geterr()))
+        return local
+
+    def wait(self):
+        """Block until the worker has answered the last send(); raises WorkerError if it failed or ended."""
+        try:
+            answer = receive(self.conn)
+        except (EOFError, OSError) as e:
+            raise self._ended() from e
+        if answer != "done":
+            raise WorkerError(f"a worker process failed ({answer})")
+
+    def close(self):
+        self.conn.close()  # the worker sees the end of its pipe and exits
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        os.close(self.io_fd)
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+def receive(conn, spin_s=SPIN_S):
+    """conn.recv(), polling for up to spin_s seconds before it blocks."""
+    deadline = time.perf_counter() + spin_s
+    while not conn.poll(0) and time.perf_counter() < deadline:
+        pass
+    return conn.recv()
+
+
+def _socketpair():
+    import socket
+
+    a, b = socket.socketpair()
+    ours, theirs = a.detach(), b.detach()
+    os.set_inheritable(theirs, True)
+    return ours, theirs
+
+
+# -- the worker's side ---------------------------------------------------------------------------------------------
+def serve(conn, weights_fd, io_fd):
+    """The worker's loop: build the model on the shared weights, then run what the pipe asks until it closes."""
+    from ..layers import SoftmaxCrossEntropy
+    from ..model import LeNet5
+    from .tuning import tune_process
+
+    tune_process()
+    _, settings, layout = conn.recv()
+    model = LeNet5(**settings)
+    weights = SharedArrays(weights_fd, layout)
+    for name, p in model.named_parameters():
+        p.data = weights[name]
+    params = model.parameters()
+    loss_fn = SoftmaxCrossEntropy()
+    io = None
+    while True:
+        try:
+            message = receive(conn)
+        except EOFError:
+            return
+        op = message[0]
+        if op == "map":
+            io = SharedArrays(io_fd, message[1])
+            continue
+        _, chunks, n, errors = message
+        try:
+            with np.errstate(**errors):
+                for i, (lo, hi) in enumerate(chunks):
+                    x = io["x"][lo:hi]
+                    if op == "forward":
+                        io["logits"][lo:hi] = model.forward(x)
+                        continue
+                    y = io["y"][lo:hi]
+                    logits = model.forward(x)
+                    loss = loss_fn.forward(logits, y)
+                    dlogits = loss_fn.backward()
+                    if hi - lo != n:  # as in DataParallel.train_step: each chunk's share of the mean
+                        loss = loss * ((hi - lo) / n)
+                        dlogits *= dlogits.dtype.type((hi - lo) / n)
+                    model.backward(dlogits)
+                    io["scalars"][i] = (loss, (logits.argmax(axis=1) == y).sum())
+                    flat, start = io["grads"][i], 0
+                    for p in params:
+                        flat[start : start + p.grad.size] = p.grad.reshape(-1)
+                        start += p.grad.size
+        except Exception as e:  # reported to the caller, which goes on without workers
+            answer = f"{type(e).__name__}: {e}"
+        else:
+            answer = "done"
+        try:
+            conn.send(answer)
+        except OSError:  # the caller closed the socket while this chunk ran
+            return
+
+
+def main(argv):
+    """The worker's entry point: argv holds the three file descriptors (socket, weights, io)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the calling process to handle
+    conn_fd, weights_fd, io_fd = (int(a) for a in argv)
+    serve(Connection(conn_fd), weights_fd, io_fd)
