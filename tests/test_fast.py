@@ -4,6 +4,8 @@ ConvPool against Conv2d -> activation -> pooling; col2im_stride2 against im2col 
 BatchLastLinear against Linear; DataParallel and FastRunner against trainer.train_step; the process settings.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -231,7 +233,6 @@ def assert_same_run(a, b):
 
 @needs_processes
 def test_a_worker_process_that_dies_leaves_the_run_going_on_threads_with_the_same_numbers():
-    import os
     import signal
 
     batches = float64_batches()
@@ -254,8 +255,8 @@ def test_a_worker_process_that_dies_leaves_the_run_going_on_threads_with_the_sam
 
 
 @needs_processes
-def test_an_interrupted_step_leaves_no_worker_behind_and_the_next_step_is_exact(monkeypatch):
-    """Ctrl-C while the workers run their chunks: they are closed, and the next step starts them afresh."""
+def test_an_interrupted_step_leaves_no_worker_behind_and_the_next_step_is_exact(monkeypatch, capfd):
+    """Ctrl-C while the workers run their chunks: they are closed quietly, and the next step starts them afresh."""
     batches = float64_batches()
     model = LeNet5(dtype="float64", seed=8)
     expected = run_steps(DataParallel(model, 1), model, batches)
@@ -274,6 +275,7 @@ def test_an_interrupted_step_leaves_no_worker_behind_and_the_next_step_is_exact(
     with pytest.raises(KeyboardInterrupt):
         runner.train_step(opt, *batches[1])
     assert runner._workers == [] and first.process.poll() is not None  # the worker ended
+    assert first.process.returncode == 0 and "Traceback" not in capfd.readouterr().err  # and said nothing
     losses += [float(runner.train_step(opt, x, y)[0]) for x, y in batches[1:]]
     assert runner.processes and runner._workers and runner._workers[0] is not first
     got = (losses, model.state_dict(), to_numpy(runner.forward(batches[0][0])))
@@ -282,10 +284,26 @@ def test_an_interrupted_step_leaves_no_worker_behind_and_the_next_step_is_exact(
 
 
 @needs_processes
+def test_a_worker_closed_with_its_answer_unread_ends_quietly(capfd):
+    """Ctrl-C can land after a worker answered and before the caller read it: the worker's next read then fails
+    (the socket is reset), which must end it as quietly as a plain close."""
+    from lenet.fast import processes
+
+    model = LeNet5()
+    fd, _ = processes.share_parameters(model)
+    worker = processes.Worker(model, fd)
+    try:
+        worker.send("forward", np.zeros((4, 1, 28, 28), np.float32), None, [(0, 4)], 4)
+        assert worker.conn.poll(60)  # answered, and left unread
+    finally:
+        worker.close()
+        os.close(fd)
+    assert worker.process.returncode == 0 and "Traceback" not in capfd.readouterr().err
+
+
+@needs_processes
 def test_worker_processes_are_in_their_own_session_and_end_with_close():
     """Ctrl-C in a terminal goes to the foreground process group: the workers must not get it."""
-    import os
-
     model = LeNet5()
     runner = DataParallel(model, 3)
     try:

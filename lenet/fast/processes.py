@@ -236,7 +236,7 @@ def serve(conn, weights_fd, io_fd):
     while True:
         try:
             message = receive(conn)
-        except EOFError:
+        except (EOFError, OSError):  # the caller closed its end (or ended), with or without a reply unread
             return
         op = message[0]
         if op == "map":
