@@ -82,7 +82,8 @@ def run(argv=None):
         from ..fast.tuning import tune_process
 
         tune_process(args.backend)
-        runner = DataParallel(model, default_threads(xp))
+        # Threads, not worker processes: one pass over a test set is over before a worker would have started.
+        runner = DataParallel(model, default_threads(xp), processes=False)
         predicted = to_numpy(predict(runner.forward, xp.asarray(images)))
         runner.close()
 

@@ -5,7 +5,8 @@ The core (backend, im2col, layers, model, optim, trainer) is complete on its own
 docstring what core code it must equal, and tests/test_fast.py (tests/test_cuda.py on a GPU) holds it to that:
 
 - convpool.py: the fused stage Conv2d -> activation -> 2x2 pooling (what `LeNet5(fused=True)`, the default, runs);
-- parallel.py: data parallelism over Python threads on the CPU (equals trainer.train_step);
+- parallel.py: data parallelism on the CPU over chunks of each batch (equals trainer.train_step), its workers
+               processes.py's worker processes on Linux, Python threads elsewhere;
 - graphs.py:   CUDA graphs of the training step on CuPy (equals the eager step);
 - tuning.py:   process settings (malloc, BLAS threads) that the entry points make.
 
@@ -26,7 +27,7 @@ from .parallel import DataParallel, default_threads
 class FastRunner:
     """Runs `model`'s training steps and forward passes fast; the interface of trainer.PlainRunner.
 
-    On NumPy the steps go to DataParallel (threads over chunks of each batch). On CuPy each batch shape's step becomes a
+    On NumPy the steps go to DataParallel (worker processes or threads over chunks of each batch). On CuPy each batch shape's step becomes a
     CUDA graph after two eager steps (graphs.py); its (loss, correct) are overwritten by the next step. Should
     recording fail, a warning says why, and the steps go on eagerly.
     """

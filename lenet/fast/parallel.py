@@ -125,7 +125,7 @@ class DataParallel:
             if self.processes:
                 try:
                     return self._run_on_processes(op, x, y, chunks, workers, local)
-                except _processes.WorkerError as e:
+                except _processes.WorkerError as e:  # the chunks stay as they were: the same numbers on threads
                     warnings.warn(f"{e}; the chunks run on threads from now on", stacklevel=3)
                     self._close_workers()
                     self.processes = False
@@ -142,6 +142,7 @@ class DataParallel:
 
     def _run_on_processes(self, op, x, y, chunks, workers, local):
         """_run with workers 1.. as processes: each is sent its chunks, the calling process runs its own meanwhile."""
+        self.model.check_input(x)  # a wrong batch fails here, as it would in the model, before any worker sees it
         self._share_weights()
         try:
             while len(self._workers) < workers - 1:

@@ -40,6 +40,7 @@ _ALIGN = 64
 # 0.1-1 ms to wake, more than a small chunk's whole work; polling keeps the hand-over to tens of microseconds.
 SPIN_S = 2e-3
 _WORKER_MAIN = "import sys; from lenet.fast.processes import main; main(sys.argv[1:])"
+# The folder this lenet is imported from (a checkout or site-packages): the worker imports the same one.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -109,7 +110,8 @@ class Worker:
         self.io, self.capacity = None, (0, 0)  # (images, chunks) the mapping holds
         ours, theirs = _socketpair()
         fds = (theirs, weights_fd, self.io_fd)
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        path = os.pathsep.join(p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, PYTHONPATH=path, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _WORKER_MAIN, *map(str, fds)],
@@ -117,7 +119,6 @@ class Worker:
                 env=env,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                cwd=_PACKAGE_PARENT,  # where this lenet is imported from, installed or a checkout
             )
         except OSError as e:
             os.close(ours)
