@@ -209,6 +209,8 @@ def test_worker_processes_split_small_batches_and_threads_do_not():
     assert with_processes.processes and not with_threads.processes  # processes are the default where they run
     assert with_processes.chunks(15) == [(0, 15)] and with_processes.chunks(16) == [(0, 8), (8, 16)]
     assert with_threads.chunks(95) == [(0, 95)] and len(with_threads.chunks(96)) == 2
+    for runner in (with_processes, with_threads):  # a forward pass runs in smaller chunks than a training step
+        assert len(runner.chunks(256)) == 2 and len(runner.chunks(256, runner.max_forward_chunk)) == 4
     with_processes.close()
     with_threads.close()
 

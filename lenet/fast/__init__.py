@@ -27,9 +27,9 @@ from .parallel import DataParallel, default_threads
 class FastRunner:
     """Runs `model`'s training steps and forward passes fast; the interface of trainer.PlainRunner.
 
-    On NumPy the steps go to DataParallel (worker processes or threads over chunks of each batch). On CuPy each batch shape's step becomes a
-    CUDA graph after two eager steps (graphs.py); its (loss, correct) are overwritten by the next step. Should
-    recording fail, a warning says why, and the steps go on eagerly.
+    On NumPy the steps go to DataParallel (worker processes or threads over chunks of each batch). On CuPy each
+    batch shape's step becomes a CUDA graph after two eager steps (graphs.py); its (loss, correct) are overwritten
+    by the next step. Should recording fail, a warning says why, and the steps go on eagerly.
     """
 
     def __init__(self, model, optimizer, threads=None, cuda_graphs=True):

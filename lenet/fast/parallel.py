@@ -41,8 +41,10 @@ def default_threads(xp):
 class DataParallel:
     """Runs training steps and inference of `model` over chunks of each batch, on `threads` workers.
 
-    A batch of at least `split_at` images is cut into two chunks or more, of at most `max_chunk` images
-    (beyond max_chunk the buffers fall out of cache); smaller batches run whole, in the calling thread. Chunk c
+    A batch of at least `split_at` images is cut into two chunks or more, of at most `max_chunk` images in a
+    training step and `max_forward_chunk` in a forward pass (beyond them the buffers fall out of cache; a forward
+    pass, which keeps less, ran fastest in smaller chunks: docs/speed.md); smaller batches run whole, in the
+    calling thread. Chunk c
     goes to worker c % threads, worker 0 being the calling thread. On Linux the other workers are processes
     (lenet/fast/processes.py): each pays a chunk's many short NumPy calls on its own core, so batches split
     from 16 images. Elsewhere (or with processes=False) they are threads with replicas of the model;
@@ -50,23 +52,24 @@ class DataParallel:
     (docs/speed.md). A batch of one chunk is exactly trainer.train_step.
     """
 
-    def __init__(self, model, threads=2, split_at=None, max_chunk=128, processes=None):
+    def __init__(self, model, threads=2, split_at=None, max_chunk=128, max_forward_chunk=64, processes=None):
         self.model, self.threads = model, threads
         self.on_cpu = model.xp is np  # a GPU wants the whole batch in one go, and has no BLAS threads to tame
         if processes is None:
             processes = self.on_cpu and _processes.available()
         self.processes = bool(processes) and self.on_cpu
         self.split_at = split_at if split_at is not None else (16 if self.processes else 96)
-        self.max_chunk = max_chunk
+        self.max_chunk, self.max_forward_chunk = max_chunk, max_forward_chunk
         self.loss_fns = [SoftmaxCrossEntropy() for _ in range(threads)]
         self._replicas, self._pool = None, None  # made when threads first run chunks
         self._workers, self._weights = [], None  # made when processes first run chunks
 
-    def chunks(self, n):
-        """[(start, stop)] of the chunks of a batch of n images; depends on n only, not on the threads."""
+    def chunks(self, n, max_chunk=None):
+        """[(start, stop)] of the chunks of a batch of n images (of at most max_chunk, default self.max_chunk);
+        depends on n only, not on the threads."""
         if not self.on_cpu or n < self.split_at:
             return [(0, n)]
-        k = max(2, -(-n // self.max_chunk))
+        k = max(2, -(-n // (max_chunk or self.max_chunk)))
         bounds = [round(i * n / k) for i in range(k + 1)]
         return list(zip(bounds[:-1], bounds[1:], strict=True))
 
@@ -110,7 +113,7 @@ class DataParallel:
         """op ("train" or "forward") on every chunk of the batch, the workers taking chunks in turn: the results in
         chunk order ((loss, hits, grads) or logits)."""
         n = x.shape[0]
-        chunks = self.chunks(n)
+        chunks = self.chunks(n, self.max_chunk if op == "train" else self.max_forward_chunk)
         workers = min(self.threads, len(chunks))
 
         def local(r, c):

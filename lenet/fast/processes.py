@@ -167,7 +167,7 @@ class Worker:
     def send(self, op, x, y, chunks, n):
         """Start `op` ("train" or "forward") on the chunks [(lo, hi)] of the batch x, y (the whole batch's size n)."""
         images = sum(hi - lo for lo, hi in chunks)
-        self.reserve(images, len(chunks))
+        self.reserve(images, len(chunks) if op == "train" else 0)  # a forward pass sends back no gradients
         local, at = [], 0
         for lo, hi in chunks:  # the worker's chunks, one after another in its own buffer
             self.io["x"][at : at + hi - lo] = x[lo:hi]
