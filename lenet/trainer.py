@@ -60,7 +60,7 @@ class TrainConfig:
     # anew every epoch; "affine": those and a small random rotation, scale and shear (AUGMENTATIONS)
     limit: int = None  # use only the first N training examples (quick runs, tests)
     textbook: bool = False  # the textbook layer stack (LeNet5(fused=False)), run by PlainRunner
-    threads: int = None  # CPU threads for the speed wing's data parallelism; None: one per core
+    threads: int = None  # CPU workers for the speed wing's data parallelism (processes.py); None: one per core
     cuda_graphs: bool = True  # CuPy: the speed wing replays each training step as a CUDA graph
     out: str = "runs/fashion-mnist"
     progress: bool = True
@@ -93,7 +93,8 @@ class TrainConfig:
         if self.limit is not None and self.limit < 2:
             raise LenetError(f"--limit must be at least 2, not {self.limit}")
         if self.threads is not None:
-            # Each thread gets a model replica up front: a huge number would fill memory before the first step.
+            # Each worker is a process of its own (or a thread with a model replica): a huge number would fill
+            # memory before the first step.
             cores = _cores()
             if not 1 <= self.threads <= 4 * cores:
                 raise LenetError(

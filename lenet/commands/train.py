@@ -108,7 +108,12 @@ def build_parser():
         "(needs the safetensors package: pip install 'lenet[safetensors]'); last.npz stays .npz "
         "(default %(default)s)",
     )
-    p.add_argument("--threads", type=positive_int, help="CPU threads for the numpy backend (default: one per core)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU workers for the numpy backend: this process and N-1 worker processes on Linux, threads elsewhere "
+        "(default: one per core)",
+    )
     start = p.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue the run saved in --out (its options are kept)")
     start.add_argument(
