@@ -38,6 +38,20 @@ def default_threads(xp):
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def chunk_step(model, loss_fn, x, y, n):
+    """Forward, loss and backward of one chunk (x, y) of a batch of n images: (its share of the mean loss, its hits,
+    its gradients). What every worker, thread or process, runs on each of its chunks."""
+    logits = model.forward(x)
+    loss = loss_fn.forward(logits, y)
+    dlogits = loss_fn.backward()
+    if x.shape[0] != n:
+        loss = loss * (x.shape[0] / n)
+        dlogits *= dlogits.dtype.type(x.shape[0] / n)
+    model.backward(dlogits)
+    # Each backward pass gives its layers new gradient arrays, so keeping these references is safe.
+    return loss, (logits.argmax(axis=1) == y).sum(), [p.grad for p in model.parameters()]
+
+
 class DataParallel:
     """Runs training steps and inference of `model` over chunks of each batch, on `threads` workers.
 
@@ -90,17 +104,7 @@ class DataParallel:
             sys.setswitchinterval(old)
 
     def _train_chunk(self, r, x, y, n):
-        """Forward, loss and backward of one chunk on replica r: (its share of the loss, hits, gradients)."""
-        model, loss_fn = self._replica(r), self.loss_fns[r]
-        logits = model.forward(x)
-        loss = loss_fn.forward(logits, y)
-        dlogits = loss_fn.backward()
-        if x.shape[0] != n:
-            loss = loss * (x.shape[0] / n)
-            dlogits *= dlogits.dtype.type(x.shape[0] / n)
-        model.backward(dlogits)
-        # Each backward pass gives its layers new gradient arrays, so keeping these references is safe.
-        return loss, (logits.argmax(axis=1) == y).sum(), [p.grad for p in model.parameters()]
+        return chunk_step(self._replica(r), self.loss_fns[r], x, y, n)
 
     def _replica(self, r):
         if r == 0:

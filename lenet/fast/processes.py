@@ -188,7 +188,7 @@ class Worker:
             raise WorkerError(f"a worker process failed ({answer})")
 
     def close(self):
-        self.conn.close()  # the worker sees the end of its pipe and exits
+        self.conn.close()  # the worker sees its socket close, and exits
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -220,9 +220,10 @@ def _socketpair():
 
 # -- the worker's side ---------------------------------------------------------------------------------------------
 def serve(conn, weights_fd, io_fd):
-    """The worker's loop: build the model on the shared weights, then run what the pipe asks until it closes."""
+    """The worker's loop: build the model on the shared weights, then run what the socket asks until it closes."""
     from ..layers import SoftmaxCrossEntropy
     from ..model import LeNet5
+    from .parallel import chunk_step
     from .tuning import tune_process
 
     tune_process()
@@ -231,7 +232,6 @@ def serve(conn, weights_fd, io_fd):
     weights = SharedArrays(weights_fd, layout)
     for name, p in model.named_parameters():
         p.data = weights[name]
-    params = model.parameters()
     loss_fn = SoftmaxCrossEntropy()
     io = None
     while True:
@@ -251,19 +251,12 @@ def serve(conn, weights_fd, io_fd):
                     if op == "forward":
                         io["logits"][lo:hi] = model.forward(x)
                         continue
-                    y = io["y"][lo:hi]
-                    logits = model.forward(x)
-                    loss = loss_fn.forward(logits, y)
-                    dlogits = loss_fn.backward()
-                    if hi - lo != n:  # as in DataParallel.train_step: each chunk's share of the mean
-                        loss = loss * ((hi - lo) / n)
-                        dlogits *= dlogits.dtype.type((hi - lo) / n)
-                    model.backward(dlogits)
-                    io["scalars"][i] = (loss, (logits.argmax(axis=1) == y).sum())
+                    loss, hits, grads = chunk_step(model, loss_fn, x, io["y"][lo:hi], n)
+                    io["scalars"][i] = (loss, hits)
                     flat, start = io["grads"][i], 0
-                    for p in params:
-                        flat[start : start + p.grad.size] = p.grad.reshape(-1)
-                        start += p.grad.size
+                    for g in grads:
+                        flat[start : start + g.size] = g.reshape(-1)
+                        start += g.size
         except Exception as e:  # reported to the caller, which goes on without workers
             answer = f"{type(e).__name__}: {e}"
         else:

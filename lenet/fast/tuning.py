@@ -27,7 +27,7 @@ def one_thread_blas():
     if _blas is None:
         _blas = ThreadpoolController()
     if all(lib.num_threads == 1 for lib in _blas.select(user_api="blas").lib_controllers):
-        return contextlib.nullcontext()  # already so (tune_process): asking again costs a step 10 us
+        return contextlib.nullcontext()  # already so (tune_process): checking costs a step less than limiting
     return _blas.limit(limits=1, user_api="blas")
 
 
