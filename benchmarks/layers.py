@@ -262,7 +262,7 @@ def main(argv=None):
     print("C calls: per part, in one step (NumPy, ufuncs, builtins; not operators such as a + b: see the docstring)")
     step_ms = statistics.median(whole) * 1e3
     print(
-        f"\ntrain_step as one call ({runner.parallel.threads} threads): {step_ms:.3f} ms "
+        f"\ntrain_step as one call ({runner.parallel.threads} workers): {step_ms:.3f} ms "
         f"({args.batch_size / step_ms * 1e3:,.0f} images/s)"
     )
     print("\n".join(count_lines(step_calls)))
