@@ -167,6 +167,7 @@ def test_installed_commands_train_and_test_from_another_folder(installed, offlin
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
     assert re.search(r"^epoch +1/1 ", train.stdout, re.M), train.stdout
     assert "1600 training and 400 validation images" in train.stdout
+    assert "worker process" not in train.stderr, train.stderr  # the installed lenet's workers started and ran
     test = run([bin_dir / "lenet-test", "--checkpoint", "X/best_model.npz"], tmp_path, offline_env)
     assert test.returncode == 0, test.stderr
     assert re.search(r"test accuracy on fashion-mnist \(10000 images\): 0\.\d+", test.stdout), test.stdout
