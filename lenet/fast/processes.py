@@ -33,8 +33,8 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-INPUT_SHAPE = (1, 28, 28)
-CLASSES = 10
+from ..model import INPUT_SHAPE, NUM_CLASSES
+
 _ALIGN = 64
 # How long a process that waits for the other side polls before it sleeps. On a virtual machine a sleeping core took
 # 0.1-1 ms to wake, more than a small chunk's whole work; polling keeps the hand-over to tens of microseconds.
@@ -57,10 +57,10 @@ class SharedArrays:
         for _, shape, dtype in layout:
             offsets.append(size)
             size += -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize // _ALIGN) * _ALIGN
+        size = max(size, _ALIGN)
         if create:
-            os.ftruncate(fd, max(size, _ALIGN))
-        self.layout, self.size = layout, max(size, _ALIGN)
-        self._map = mmap.mmap(fd, self.size)
+            os.ftruncate(fd, size)
+        self._map = mmap.mmap(fd, size)
         self.arrays = {
             name: np.ndarray(shape, dtype, buffer=self._map, offset=offset)
             for (name, shape, dtype), offset in zip(layout, offsets, strict=True)
@@ -81,7 +81,7 @@ def io_layout(images, chunks, n_params, dtype):
     return [
         ("x", (images, *INPUT_SHAPE), dtype),
         ("y", (images,), "<i8"),
-        ("logits", (images, CLASSES), dtype),
+        ("logits", (images, NUM_CLASSES), dtype),
         ("scalars", (chunks, 2), "<f8"),
         ("grads", (chunks, n_params), dtype),
     ]
