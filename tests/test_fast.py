@@ -304,6 +304,109 @@ def test_a_worker_closed_with_its_answer_unread_ends_quietly(capfd):
 
 
 @needs_processes
+def test_a_lenet_folder_where_the_caller_runs_does_not_shadow_the_workers_lenet(tmp_path, monkeypatch):
+    """`python -c` would put the current folder first on the worker's path: a checkout with other edits there must not
+    be what the worker runs."""
+    (tmp_path / "lenet").mkdir()
+    (tmp_path / "lenet" / "__init__.py").write_text("raise ImportError('the shadow lenet was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    x = np.random.default_rng(0).random((40, 1, 28, 28))
+    model = LeNet5(dtype="float64")
+    runner = DataParallel(model, 2)
+    try:
+        logits = runner.forward(x)  # a worker that imported the shadow would end, and a warning would fail the test
+        assert runner.processes and runner._workers
+    finally:
+        runner.close()
+    np.testing.assert_array_equal(logits, DataParallel(model, 1).forward(x))
+
+
+def overflowing_model():
+    model = LeNet5("relu", "max")
+    model.f7.weight.data[...] = 3e38  # logits overflow to inf, then inf - inf in the loss
+    return model
+
+
+@needs_processes
+def test_a_chunk_that_raises_in_a_worker_raises_in_the_caller_and_the_workers_stay():
+    model = overflowing_model()
+    runner = DataParallel(model, 2)
+    x, y = np.ones((64, 1, 28, 28), np.float32), np.zeros(64, int)
+    try:
+        with np.errstate(all="raise"), pytest.raises(FloatingPointError):
+            runner.train_step(SGD(model.parameters(), lr=0.1), x, y)
+        assert runner.processes  # no fallback to threads, no warning (filterwarnings = error would fail the test)
+        with np.errstate(all="ignore"):
+            loss, _ = runner.train_step(SGD(model.parameters(), lr=0.1), x, y)
+        assert not np.isfinite(float(loss)) and runner._workers
+    finally:
+        runner.close()
+
+
+@pytest.mark.parametrize("processes", WORKERS)
+def test_the_workers_warnings_go_through_the_callers_filters(processes):
+    import warnings
+
+    x, y = np.ones((128, 1, 28, 28), np.float32), np.zeros(128, int)
+    for action in ("always", "error"):  # "error": as -W error or pytest's filterwarnings make them
+        model = overflowing_model()  # afresh: a step on overflowing weights leaves NaNs, which warn no more
+        runner = DataParallel(model, 2, processes=processes)
+        try:
+            with warnings.catch_warnings(record=True) as caught, np.errstate(all="warn"):
+                warnings.simplefilter(action)
+                if action == "error":
+                    with pytest.raises(RuntimeWarning, match="overflow"):
+                        runner.train_step(SGD(model.parameters(), lr=0.1), x, y)
+                else:
+                    runner.train_step(SGD(model.parameters(), lr=0.1), x, y)
+                    assert any(w.category is RuntimeWarning and "overflow" in str(w.message) for w in caught), caught
+        finally:
+            runner.close()
+
+
+@needs_processes
+def test_workers_left_unclosed_free_their_descriptors_and_end_when_collected():
+    import gc
+    from collections import Counter
+
+    def open_fds():
+        """This process's memfds and sockets (what the workers use; pytest opens and closes files of its own)."""
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except FileNotFoundError:  # the listing's own descriptor, closed by now
+                pass
+        return sorted(link for link in links if link.startswith(("/memfd:", "socket:")))
+
+    x = np.zeros((32, 1, 28, 28), np.float32)
+    runner = DataParallel(LeNet5(), 2)
+    runner.forward(x)  # the first worker: whatever it opens once (imports, pools) is open from here on
+    runner.close()
+    gc.collect()
+    before = open_fds()
+    for _ in range(3):
+        runner = DataParallel(LeNet5(), 2)
+        runner.forward(x)
+        process = runner._workers[0].process
+        del runner  # no close()
+        gc.collect()
+        assert process.returncode == 0
+    assert not Counter(open_fds()) - Counter(before)  # (an earlier test's garbage may have gone meanwhile)
+    runner = DataParallel(LeNet5(), 2)
+    runner.forward(x)
+    worker = runner._workers[0]
+    worker.close()
+    worker.close()  # a second close frees nothing twice: an unrelated file that took a freed number stays open
+    with open(os.devnull) as unrelated:
+        runner.close()
+        assert not unrelated.closed and os.fstat(unrelated.fileno())
+    del runner, worker  # the model's parameters keep the weights' mapping (and its descriptor) while they live
+    gc.collect()
+    assert not Counter(open_fds()) - Counter(before)
+
+
+@needs_processes
 def test_worker_processes_are_in_their_own_session_and_end_with_close():
     """Ctrl-C in a terminal goes to the foreground process group: the workers must not get it."""
     model = LeNet5()

@@ -18,6 +18,7 @@ import contextlib
 import os
 import sys
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -132,9 +133,10 @@ class DataParallel:
             if self.processes:
                 try:
                     return self._run_on_processes(op, x, y, chunks, workers, local)
+                except _processes.ChunkError:  # raise here, where the caller's errstate and warnings hold
+                    return [local(0, c) for c in range(len(chunks))]
                 except _processes.WorkerError as e:  # the chunks stay as they were: the same numbers on threads
                     warnings.warn(f"{e}; the chunks run on threads from now on", stacklevel=3)
-                    self._close_workers()
                     self.processes = False
             errors = np.geterr()  # np.errstate is per thread: carry the caller's into the workers
 
@@ -179,7 +181,8 @@ class DataParallel:
     def _share_weights(self):
         """Put the model's parameters in shared memory (again, if something gave a parameter a new array)."""
         if self._weights is None:
-            self._weights = _processes.share_parameters(self.model)
+            fd, shared = _processes.share_parameters(self.model)
+            self._weights = (fd, shared, weakref.finalize(self, os.close, fd))  # closed by close(), or when collected
             return
         shared = self._weights[1]
         for name, p in self.model.named_parameters():
@@ -206,14 +209,14 @@ class DataParallel:
         return out[0] if len(out) == 1 else self.model.xp.concatenate(out)
 
     def _close_workers(self):
-        for worker in self._workers:
+        workers, self._workers = self._workers, []  # taken first: a second Ctrl-C here must not close one twice
+        for worker in workers:
             worker.close()
-        self._workers = []
 
     def close(self):
         if self._pool is not None:
             self._pool.shutdown()
         self._close_workers()
         if self._weights is not None:
-            os.close(self._weights[0])  # the parameters keep their views of the mapping
+            self._weights[2]()  # closes the memfd; the parameters keep their views of the mapping
             self._weights = None

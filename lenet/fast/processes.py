@@ -29,6 +29,8 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
+import weakref
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -39,8 +41,13 @@ _ALIGN = 64
 # How long a process that waits for the other side polls before it sleeps. On a virtual machine a sleeping core took
 # 0.1-1 ms to wake, more than a small chunk's whole work; polling keeps the hand-over to tens of microseconds.
 SPIN_S = 2e-3
-_WORKER_MAIN = "import sys; from lenet.fast.processes import main; main(sys.argv[1:])"
-# The folder this lenet is imported from (a checkout or site-packages): the worker imports the same one.
+# The worker's program. `python -c` puts the current folder first on sys.path, where a `lenet/` (a checkout with
+# other edits, say) would shadow the caller's: the worker takes it off and imports lenet from where the caller did.
+_WORKER_MAIN = (
+    "import sys; getattr(sys.flags, 'safe_path', False) or sys.path.pop(0); sys.path.insert(0, sys.argv[1]); "
+    "from lenet.fast.processes import main; main(sys.argv[2:])"
+)
+# The folder this lenet is imported from (a checkout or site-packages).
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -106,27 +113,29 @@ class Worker:
         self.shapes = [tuple(p.shape) for p in model.parameters()]
         self._gradients = {}  # chunk slot -> its per-parameter views of io["grads"]
         self.dtype = model.dtype
-        self.io_fd = os.memfd_create("lenet-worker", os.MFD_CLOEXEC)
         self.io, self.capacity = None, (0, 0)  # (images, chunks) the mapping holds
+        # What the worker holds outside Python objects, freed once: by close(), or when this object is collected
+        # or Python exits without close() (also when Ctrl-C lands in the middle of this constructor).
+        self._held = _Held(os.memfd_create("lenet-worker", os.MFD_CLOEXEC))
+        self._release = weakref.finalize(self, self._held.release)
+        self.io_fd = self._held.io_fd
         ours, theirs = _socketpair()
+        self.conn = self._held.conn = Connection(ours)
         fds = (theirs, weights_fd, self.io_fd)
-        path = os.pathsep.join(p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, PYTHONPATH=path, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_MAIN, *map(str, fds)],
+            self.process = self._held.process = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_MAIN, _PACKAGE_PARENT, *map(str, fds)],
                 pass_fds=fds,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         except OSError as e:
-            os.close(ours)
-            os.close(self.io_fd)
+            self.close()
             raise WorkerError(f"could not start a worker process ({e})") from e
         finally:
             os.close(theirs)
-        self.conn = Connection(ours)
         settings = {"activation": model.activation, "pool": model.pool, "dtype": model.dtype.name, "fused": model.fused}
         self._send(("start", settings, weights_layout(model)))
 
@@ -179,26 +188,55 @@ class Worker:
         return local
 
     def wait(self):
-        """Block until the worker has answered the last send(); raises WorkerError if it failed or ended."""
+        """Block until the worker has answered the last send(), then give the caller the warnings it raised.
+
+        Raises WorkerError if the worker ended, ChunkError if a chunk raised there (a FloatingPointError under
+        np.errstate(all="raise"), say): the worker is still there, and the caller runs the chunks itself.
+        """
         try:
-            answer = receive(self.conn)
+            answer, details = receive(self.conn)
         except (EOFError, OSError) as e:
             raise self._ended() from e
         if answer != "done":
-            raise WorkerError(f"a worker process failed ({answer})")
+            raise ChunkError(f"a chunk failed in a worker process ({details})")
+        for category, message in details:  # through the caller's warnings filters, as on a thread
+            warnings.warn(message, _WARNINGS.get(category, RuntimeWarning), stacklevel=4)
 
     def close(self):
-        self.conn.close()  # the worker sees its socket close, and exits
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        os.close(self.io_fd)
+        """End the worker and free its memory and descriptors (again: nothing more)."""
+        self._release()
+        self.io, self._gradients = None, {}  # the mapping, which holds a descriptor of its own
+
+
+class _Held:
+    def __init__(self, io_fd):
+        self.io_fd, self.conn, self.process = io_fd, None, None
+
+    def release(self):
+        if self.conn is not None:
+            self.conn.close()  # the worker sees its socket close, and exits
+            self.conn = None
+        if self.process is not None and self.process.returncode is None:
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.io_fd is not None:
+            os.close(self.io_fd)
+            self.io_fd = None
 
 
 class WorkerError(RuntimeError):
-    pass
+    """A worker process could not start or ended: the caller goes on without worker processes."""
+
+
+class ChunkError(WorkerError):
+    """A chunk raised in a worker process that is still running."""
+
+
+# The warning categories a worker's NumPy arithmetic raises, by name (a message carries names, not classes).
+_WARNINGS = {c.__name__: c for c in (RuntimeWarning, UserWarning, DeprecationWarning)}
 
 
 def receive(conn, spin_s=SPIN_S):
@@ -227,7 +265,10 @@ def serve(conn, weights_fd, io_fd):
     from .tuning import tune_process
 
     tune_process()
-    _, settings, layout = conn.recv()
+    try:
+        _, settings, layout = conn.recv()
+    except (EOFError, OSError):  # the caller stopped before it had started this worker
+        return
     model = LeNet5(**settings)
     weights = SharedArrays(weights_fd, layout)
     for name, p in model.named_parameters():
@@ -245,7 +286,8 @@ def serve(conn, weights_fd, io_fd):
             continue
         _, chunks, n, errors = message
         try:
-            with np.errstate(**errors):
+            with np.errstate(**errors), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # every one goes to the caller, whose filters decide
                 for i, (lo, hi) in enumerate(chunks):
                     x = io["x"][lo:hi]
                     if op == "forward":
@@ -257,10 +299,10 @@ def serve(conn, weights_fd, io_fd):
                     for g in grads:
                         flat[start : start + g.size] = g.reshape(-1)
                         start += g.size
-        except Exception as e:  # reported to the caller, which goes on without workers
-            answer = f"{type(e).__name__}: {e}"
+        except Exception as e:  # reported to the caller, which runs the chunks itself
+            answer = ("failed", f"{type(e).__name__}: {e}")
         else:
-            answer = "done"
+            answer = ("done", [(w.category.__name__, str(w.message)) for w in caught])
         try:
             conn.send(answer)
         except OSError:  # the caller closed the socket while this chunk ran
