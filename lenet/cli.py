@@ -90,6 +90,19 @@ def run_main(main, prog):
     return 2
 
 
+DEFAULT_CHECKPOINT = "runs/fashion-mnist/best_model.npz"  # where a default lenet-train run puts its best weights
+
+
+def add_data_dir(parser):
+    """--data-dir, as train and test take it: an existing folder (see existing_folder)."""
+    parser.add_argument(
+        "--data-dir",
+        type=existing_folder,
+        help="an existing folder with the four IDX files, or where to download them (default: looked up in "
+        "$LENET_DATA, ./data and the system's and lenet's cache folders, then downloaded into the cache)",
+    )
+
+
 def existing_folder(text):
     """An argparse type for --data-dir: a folder that exists (a mistyped one is refused, not created and filled)."""
     import shlex

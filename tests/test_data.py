@@ -1,8 +1,6 @@
-import contextlib
 import dataclasses
 import gzip
 import hashlib
-import http.server
 import os
 import re
 import socket
@@ -404,42 +402,7 @@ def test_explicit_data_dir_is_the_only_place_looked(tmp_path, monkeypatch, isola
 
 # ---------------------------------------------------------------------------------------------------------
 # Downloading, for real, from a server on 127.0.0.1
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves server.routes: path -> (body, the Content-Length to announce); 404 for anything else."""
-
-    def do_GET(self):
-        route = self.server.routes.get(self.path)
-        if route is None:
-            self.send_error(404)
-            return
-        if callable(route):  # a misbehaving server: the route writes the response itself
-            with contextlib.suppress(OSError):  # the client hung up, as it should
-                route(self)
-            return
-        body, length = route
-        self.send_response(200)
-        self.send_header("Content-Length", str(length))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format, *args):  # keep the test output quiet
-        pass
-
-
-@pytest.fixture
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.routes = {}
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    # A short poll interval: shutdown() waits up to one interval.
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+# (the server fixture is in conftest.py)
 
 
 def serve(server, prefix, files, lengths=None):

@@ -3,8 +3,6 @@
 import dataclasses
 import gzip
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -67,35 +65,6 @@ def as_real(monkeypatch, dataset, arrays, mirrors=()):
     )
     monkeypatch.setitem(DATASETS, dataset, info)
     return info
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = self.server.routes.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format, *args):
-        pass
-
-
-@pytest.fixture
-def mirror():
-    """A mirror on 127.0.0.1: set .routes[path] = body; .url is its base URL."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.routes = {}
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -216,16 +185,17 @@ def test_dataset_root_without_the_files_says_so(tmp_path, monkeypatch, isolated)
     assert not root.exists()
 
 
-def test_dataset_downloads_into_root(tmp_path, monkeypatch, mirror):
+def test_dataset_downloads_into_root(tmp_path, monkeypatch, server):
     arrays = small_arrays()
     for name, array in arrays.items():
-        mirror.routes[f"/m/{name}"] = gzip.compress(idx_bytes(array), mtime=0)
-    as_real(monkeypatch, "fashion-mnist", arrays, mirrors=[f"{mirror.url}m/"])
+        body = gzip.compress(idx_bytes(array), mtime=0)
+        server.routes[f"/m/{name}"] = (body, len(body))
+    as_real(monkeypatch, "fashion-mnist", arrays, mirrors=[f"{server.url}m/"])
     root = tmp_path / "root"
     ds = FashionMNIST(root=root)
     assert sorted(p.name for p in root.iterdir()) == sorted(FILE_NAMES)
     np.testing.assert_array_equal(ds.data, arrays["train-images-idx3-ubyte.gz"])
-    mirror.routes.clear()  # found there now: not downloaded again
+    server.routes.clear()  # found there now: not downloaded again
     assert len(FashionMNIST(root=root, train=False)) == 6
 
 

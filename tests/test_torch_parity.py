@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from test_weights import torch_lenet
 
 from lenet import LeNet5
 from lenet.backend import to_numpy
@@ -9,30 +10,14 @@ from lenet.layers import SoftmaxCrossEntropy
 from lenet.optim import SGD, Adam
 
 torch = pytest.importorskip("torch", reason="PyTorch is needed for the parity tests (pip install torch)")
-nn, F = torch.nn, torch.nn.functional
+F = torch.nn.functional
 
 ARCHS = [("sigmoid", "avg"), ("tanh", "avg"), ("relu", "max"), ("relu", "avg")]
 
 
-class TorchLeNet5(nn.Module):
-    def __init__(self, activation="sigmoid", pool="avg"):
-        super().__init__()
-        self.c1 = nn.Conv2d(1, 6, 5, padding=2)
-        self.c3 = nn.Conv2d(6, 16, 5)
-        self.f5, self.f6, self.f7 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-        self.act = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": F.relu}[activation]
-        self.pool = {"avg": F.avg_pool2d, "max": F.max_pool2d}[pool]
-
-    def forward(self, x):
-        x = self.pool(self.act(self.c1(x)), 2)
-        x = self.pool(self.act(self.c3(x)), 2)
-        x = self.act(self.f5(x.flatten(1)))
-        return self.f7(self.act(self.f6(x)))
-
-
 def make_pair(xp, arch, seed=0):
     ours = LeNet5(*arch, backend="numpy" if xp is np else "cupy", dtype="float64", seed=seed)
-    theirs = TorchLeNet5(*arch).double()
+    theirs = torch_lenet(*arch).double()
     theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
     return ours, theirs
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
+from test_checkpoint import one_blas_thread, random_model  # noqa: F401  (one_blas_thread: an autouse fixture)
 
 import lenet
 from lenet import safetensors_io
@@ -28,21 +28,6 @@ torch_or_skip = pytest.mark.skipif(
 needs_safetensors = pytest.mark.skipif(
     importlib.util.find_spec("safetensors") is None, reason="pip install 'lenet[safetensors]' for these tests"
 )
-
-
-@pytest.fixture(autouse=True)
-def one_blas_thread():
-    with threadpool_limits(1, user_api="blas"):
-        yield
-
-
-def random_model(activation="sigmoid", pool="avg", dtype="float32", seed=7):
-    """A model whose every weight, biases included, differs from a fresh LeNet5's."""
-    model = LeNet5(activation, pool, dtype=dtype, seed=seed)
-    rng = np.random.default_rng(seed)
-    for _, p in model.named_parameters():
-        p.data[...] += rng.normal(0, 0.1, size=p.data.shape).astype(p.data.dtype)
-    return model
 
 
 def images(n=8, seed=0):

@@ -4,7 +4,7 @@ import sys
 
 from ..backend import BACKENDS
 from ..checkpoint import model_from_checkpoint
-from ..cli import ArgumentParser, program_name, run_main
+from ..cli import DEFAULT_CHECKPOINT, ArgumentParser, program_name, run_main
 from ..data import load_dataset
 from ..demo import DemoServer, Inspector
 from ..errors import LenetError
@@ -18,7 +18,7 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--checkpoint",
-        default="runs/fashion-mnist/best_model.npz",
+        default=DEFAULT_CHECKPOINT,
         help="a best_model.npz from train.py (default: %(default)s)",
     )
     p.add_argument(

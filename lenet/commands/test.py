@@ -14,13 +14,11 @@ import pandas as pd
 
 from ..backend import get_backend, to_numpy
 from ..checkpoint import model_from_checkpoint
-from ..cli import ArgumentParser, existing_folder, invocation, program_name, run_main
+from ..cli import DEFAULT_CHECKPOINT, ArgumentParser, add_data_dir, invocation, program_name, run_main
 from ..data import load_dataset
 from ..errors import LenetError
 from ..plots import plot_confusion_matrix, plot_images
 from ..trainer import predict
-
-DEFAULT_CHECKPOINT = "runs/fashion-mnist/best_model.npz"  # where a default lenet-train run puts its best weights
 
 
 def build_parser():
@@ -32,12 +30,7 @@ def build_parser():
     )
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="(default %(default)s)")
     p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy", help="array backend (default %(default)s)")
-    p.add_argument(
-        "--data-dir",
-        type=existing_folder,
-        help="an existing folder with the four IDX files, or where to download them (default: looked up in "
-        "$LENET_DATA, ./data and the system's and lenet's cache folders, then downloaded into the cache)",
-    )
+    add_data_dir(p)
     p.add_argument(
         "--show", type=int, default=0, metavar="N", help="print N lines of predicted vs true class (default 0)"
     )

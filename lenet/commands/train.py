@@ -12,7 +12,7 @@ import sys
 
 from ..cli import (
     ArgumentParser,
-    existing_folder,
+    add_data_dir,
     interrupted_status,
     invocation,
     positive_int,
@@ -39,12 +39,7 @@ def build_parser():
     p.add_argument(
         "--dataset", choices=["fashion-mnist", "mnist"], default=DEFAULTS.dataset, help="(default %(default)s)"
     )
-    p.add_argument(
-        "--data-dir",
-        type=existing_folder,
-        help="an existing folder with the four IDX files, or where to download them (default: looked up in "
-        "$LENET_DATA, ./data and the system's and lenet's cache folders, then downloaded into the cache)",
-    )
+    add_data_dir(p)
     p.add_argument(
         "--epochs", type=positive_int, help=f"number of epochs (default {DEFAULTS.epochs}; --resume: the stored run's)"
     )

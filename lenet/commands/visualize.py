@@ -11,7 +11,7 @@ import numpy as np
 from .. import visualize as vis
 from ..backend import BACKENDS
 from ..checkpoint import model_from_checkpoint
-from ..cli import ArgumentParser, program_name, run_main
+from ..cli import DEFAULT_CHECKPOINT, ArgumentParser, program_name, run_main
 from ..data import load_dataset
 from ..errors import LenetError
 
@@ -24,7 +24,7 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--checkpoint",
-        default="runs/fashion-mnist/best_model.npz",
+        default=DEFAULT_CHECKPOINT,
         help="a best_model.npz from train.py (default: %(default)s)",
     )
     p.add_argument(

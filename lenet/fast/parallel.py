@@ -182,13 +182,13 @@ class DataParallel:
         """Put the model's parameters in shared memory (again, if something gave a parameter a new array)."""
         if self._weights is None:
             fd, shared = _processes.share_parameters(self.model)
-            self._weights = (fd, shared, weakref.finalize(self, os.close, fd))  # closed by close(), or when collected
+            views = [(p, shared[name]) for name, p in self.model.named_parameters()]  # each parameter, its view
+            self._weights = (fd, views, weakref.finalize(self, os.close, fd))  # closed by close(), or when collected
             return
-        shared = self._weights[1]
-        for name, p in self.model.named_parameters():
-            if p.data is not shared[name]:
-                shared[name][...] = p.data
-                p.data = shared[name]
+        for p, view in self._weights[1]:
+            if p.data is not view:
+                view[...] = p.data
+                p.data = view
 
     def train_step(self, optimizer, x, y):
         """Forward, loss, backward and optimizer step on a batch. Returns (loss, correct) on the device."""
