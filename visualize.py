@@ -2,6 +2,15 @@
 
 import sys
 
-from lenet.commands.visualize import main
-
+try:
+    from lenet.commands.visualize import main
+except ModuleNotFoundError as e:  # a Python without lenet's packages (NumPy, matplotlib, ...): say how to get one
+    if (e.name or "").partition(".")[0] == "lenet":
+        raise
+    print(
+        f"visualize.py: {e} in {sys.executable}; set up lenet's environment first: "
+        "python3 -m venv .venv && .venv/bin/pip install -e . ; then run: .venv/bin/python visualize.py",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 sys.exit(main())

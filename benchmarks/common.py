@@ -1,8 +1,11 @@
-"""What the benchmark scripts share: one-line flag errors, the machine description, the random batch."""
+"""What the benchmark scripts share: one-line flag errors, the machine description, the random batch, and busy
+neighbours (the other programs of a real laptop, for `--busy N`)."""
 
 import argparse
+import contextlib
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +25,13 @@ def positive_float(text):
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def count(text):
+    """A whole number >= 0 (--busy 0: no neighbours)."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}")
+    return int(text)
 
 
 def positive_ints(text):
@@ -134,14 +144,85 @@ def describe_machine(threads):
         lines.append(f"load     {os.getloadavg()[0]:.2f} (1-minute average before the run)")
     if "cupy" in sys.modules and cupy_available():  # only when a GPU backend is in use
         cuda = sys.modules["cupy"].cuda
-        lines.append(f"gpu      {cuda.runtime.getDeviceProperties(cuda.Device().id)['name'].decode()}")
+        name = cuda.runtime.getDeviceProperties(cuda.Device().id)["name"].decode()
+        driver, runtime = (
+            f"{v // 1000}.{v % 1000 // 10}" for v in (cuda.runtime.driverGetVersion(), cuda.runtime.runtimeGetVersion())
+        )
+        lines.append(f"gpu      {name}, CUDA driver {driver}, runtime {runtime}")
     return lines
 
 
+def refuse_to_replace(out, names, overwrite):
+    """The files of `names` that an earlier run left in folder `out`: without --overwrite, a LenetError that says
+    so. train.py's rule for its run folders; checked before anything is timed, so that a refusal costs nothing."""
+    existing = [name for name in names if (Path(out) / name).exists()]
+    if existing and not overwrite:
+        raise LenetError(
+            f"{out} already holds {' and '.join(existing)} of an earlier run; replace them with --overwrite, "
+            "or choose another --out"
+        )
+    return existing
+
+
+# A busy neighbour: a plain Python busy loop. It checks every few tens of milliseconds that the benchmark that started
+# it is still its parent, so that it ends by itself should the benchmark be killed without a chance to stop it.
+BUSY_LOOP = """
+import os, sys
+parent = int(sys.argv[1])
+while os.getppid() == parent:
+    for _ in range(1_000_000):
+        pass
+"""
+
+
+@contextlib.contextmanager
+def busy_neighbours(n):
+    """Within: n busy neighbour processes, each a plain Python busy loop at normal priority (what a browser tab, an
+    editor or a second experiment does to a laptop's cores). Yields their Popen objects.
+
+    They are stopped on the way out, however it goes (an error, Ctrl-C); each runs in a session of its own, so that a
+    Ctrl-C typed in the terminal reaches only the benchmark, which stops them, and none prints a traceback.
+    """
+    neighbours = []
+    try:
+        for _ in range(n):
+            neighbours.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", BUSY_LOOP, str(os.getpid())],
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        yield neighbours
+    finally:
+        for neighbour in neighbours:
+            neighbour.kill()
+        for neighbour in neighbours:
+            neighbour.wait()
+
+
+def busy_line(neighbours):
+    """The header line that says what ran beside the timing."""
+    if not neighbours:
+        return "busy     none: nothing of the benchmark's own ran beside it (see `load` for others' work)"
+    pids = ", ".join(str(p.pid) for p in neighbours)
+    what = (
+        "1 busy neighbour process, " if len(neighbours) == 1 else f"{len(neighbours)} busy neighbour processes, each "
+    )
+    return (
+        f"busy     {what}a plain Python busy loop at normal priority (pid {pids}), running from before the first "
+        "timing to after the last, for every backend alike"
+    )
+
+
 def run_main(main):
-    """Run a script's main(); a LenetError (bad flag value, missing GPU) becomes one line and exit status 2."""
+    """Run a script's main(); a LenetError (bad flag value, missing GPU) becomes one line and exit status 2, Ctrl-C
+    one line and exit status 130."""
     try:
         main()
     except LenetError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{Path(sys.argv[0]).name}: stopped by Ctrl-C", file=sys.stderr)
+        sys.exit(130)

@@ -2,11 +2,12 @@
 
     python benchmarks/layers.py [--batch-size 256] [--backend numpy] [--threads N] [--repeats R] [--out DIR]
 
-One repetition is one training step run by hand through model.layers: every forward in order, the loss,
-every backward in reverse, SGD (layers cache inputs between forward and backward, so a repetition is
-always a whole step). Each part is timed on its own (the GPU synchronized after each), medians over the
-repetitions. Each repetition also times one FastRunner.train_step call as a whole (as train.py runs
-it), so that a model whose forward no longer walks model.layers shows up as a gap between the two.
+One repetition is one training step run by hand through the layers of the model's fused twin (fuse(model), what
+train.py's FastRunner runs): every forward in order, the loss, every backward in reverse, SGD (layers cache inputs
+between forward and backward, so a repetition is always a whole step). Each part is timed on its own (the GPU
+synchronized after each), medians over the repetitions. Each repetition also times one FastRunner.train_step call as
+a whole (as train.py runs it), so that a twin whose forward no longer walks its layers shows up as a gap between the
+two.
 
 Then one more step, untimed, counts the calls each part makes into C (on NumPy, most of them NumPy calls,
 each with a fixed cost of a few tenths of a microsecond to microseconds whatever the array size): what a
@@ -18,7 +19,7 @@ a[...] = b, a *= s) run ufuncs too and are counted by neither, so the counts are
 subscripts run in lenet's code (on arrays or on Python numbers alike) are printed as a bound. The whole
 train_step is counted on one thread: it cuts the batch the same way on any number of threads (a profiler
 is set per thread), so the calls are the same.
-Optionally writes <out>/layers.csv.
+Optionally writes <out>/layers.csv; where an earlier run's is, it stops before timing anything unless --overwrite.
 """
 
 # ruff: noqa: E402  (lenet is imported after the checkout is put on the path)
@@ -33,16 +34,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this checkout, installed or not
 
-from common import ArgumentParser, core_count, describe_machine, positive_int, random_batch, run_main
-from threadpoolctl import threadpool_limits
+from environment import exit_for_missing_package
 
-from lenet import LeNet5
-from lenet.backend import BACKENDS, synchronize
-from lenet.fast import FastRunner
-from lenet.fast.tuning import keep_freed_memory
-from lenet.files import atomic_write
-from lenet.layers import SoftmaxCrossEntropy
-from lenet.optim import SGD
+try:
+    from common import (
+        ArgumentParser,
+        core_count,
+        describe_machine,
+        positive_int,
+        random_batch,
+        refuse_to_replace,
+        run_main,
+    )
+
+    from lenet import LeNet5
+    from lenet.backend import BACKENDS, synchronize
+    from lenet.fast import FastRunner, fuse
+    from lenet.fast.tuning import tune_process
+    from lenet.files import atomic_write
+    from lenet.layers import SoftmaxCrossEntropy
+    from lenet.optim import SGD
+except ModuleNotFoundError as e:  # a Python without lenet's packages: say how to set them up
+    exit_for_missing_package(e)
 
 TABLE = "{:<10} {:>10} {:>11} {:>9} {:>7} {:>7}"
 # The instructions that call something (3.11 has CALL and CALL_FUNCTION_EX; 3.13 adds CALL_KW).
@@ -134,6 +147,9 @@ def parse_args(argv):
     )
     p.add_argument("--repeats", type=positive_int, default=20, help="timed steps (default %(default)s)")
     p.add_argument("--out", type=Path, help="folder to write layers.csv into (default: print only)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the layers.csv an earlier run left in --out (default off)"
+    )
     return p.parse_args(argv)
 
 
@@ -214,40 +230,40 @@ def count_lines(counter):
 
 def main(argv=None):
     args = parse_args(argv)
-    keep_freed_memory()  # as train.py does (lenet/fast/tuning.py): fresh pages each step would be timed otherwise
-    # One BLAS thread, as every chunk of FastRunner.train_step runs: waiting OpenBLAS threads spin, and on a
-    # busy machine two of them made the parts 100 times slower than the step.
-    with threadpool_limits(limits=1, user_api="blas"):
-        model = LeNet5(activation="sigmoid", pool="avg", backend=args.backend, dtype="float32", seed=0)
-        xp, sync = model.xp, lambda: synchronize(model.xp)
-        loss_fn, opt = SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.01, momentum=0.9)
-        x, y = (xp.asarray(a) for a in random_batch(args.batch_size))
-        print(
-            f"lenet per-layer breakdown: LeNet-5 (sigmoid, avg pool, float32), {args.backend}, batch {args.batch_size}"
-        )
-        print("\n".join(describe_machine(args.threads)))
-        print(f"timing   median of {args.repeats} steps after 2 warm-up steps, ms, the parts on one thread\n")
-        samples, whole = {}, []
-        runner = FastRunner(model, opt, args.threads if args.backend == "numpy" else 1)
-        for rep in range(args.repeats + 2):
-            times = timed_step(model, loss_fn, opt, x, y, sync)
-            start = time.perf_counter()
-            runner.train_step(x, y)
-            sync()
-            if rep >= 2:
-                whole.append(time.perf_counter() - start)
-                for key, seconds in times.items():
-                    samples.setdefault(key, []).append(seconds)
-        with CallCounter() as part_calls:
-            timed_step(model, loss_fn, opt, x, y, sync, counter=part_calls)
-        one_thread = FastRunner(model, opt, threads=1)  # the same chunks, on the thread the counter watches
-        one_thread.train_step(x, y)  # its own first step: loss functions and buffers made
-        with CallCounter() as step_calls:
-            one_thread.train_step(x, y)
-            sync()
-        runner.close()
-        one_thread.close()
-    parts = [name for name, _ in model.layers] + ["loss", "sgd"]
+    replaced = refuse_to_replace(args.out, ["layers.csv"], args.overwrite) if args.out else []
+    # As train.py does (lenet/fast/tuning.py): one BLAS thread, as every chunk of FastRunner.train_step runs (waiting
+    # OpenBLAS threads spin, and on a busy machine two of them made the parts 100 times slower than the step), and
+    # the malloc thresholds (fresh pages each step would be timed otherwise).
+    tune_process(args.backend)
+    model = LeNet5(activation="sigmoid", pool="avg", backend=args.backend, dtype="float32", seed=0)
+    twin = fuse(model)  # the layers timed one by one: what FastRunner runs
+    xp, sync = model.xp, lambda: synchronize(model.xp)
+    loss_fn, opt = SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = (xp.asarray(a) for a in random_batch(args.batch_size))
+    print(f"lenet per-layer breakdown: LeNet-5 (sigmoid, avg pool, float32), {args.backend}, batch {args.batch_size}")
+    print("\n".join(describe_machine(args.threads)))
+    print(f"timing   median of {args.repeats} steps after 2 warm-up steps, ms, the parts on one thread\n")
+    samples, whole = {}, []
+    runner = FastRunner(model, opt, args.threads if args.backend == "numpy" else 1)
+    for rep in range(args.repeats + 2):
+        times = timed_step(twin, loss_fn, opt, x, y, sync)
+        start = time.perf_counter()
+        runner.train_step(x, y)
+        sync()
+        if rep >= 2:
+            whole.append(time.perf_counter() - start)
+            for key, seconds in times.items():
+                samples.setdefault(key, []).append(seconds)
+    with CallCounter() as part_calls:
+        timed_step(twin, loss_fn, opt, x, y, sync, counter=part_calls)
+    one_thread = FastRunner(model, opt, threads=1)  # the same chunks, on the thread the counter watches
+    one_thread.train_step(x, y)  # its own first step: loss functions and buffers made
+    with CallCounter() as step_calls:
+        one_thread.train_step(x, y)
+        sync()
+    runner.close()
+    one_thread.close()
+    parts = [name for name, _ in twin.layers] + ["loss", "sgd"]
     rows, total = breakdown(samples, parts, part_calls)
 
     def ms(value):
@@ -271,7 +287,7 @@ def main(argv=None):
             writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
-        print(f"wrote {args.out / 'layers.csv'}")
+        print(f"wrote {args.out / 'layers.csv'}" + (", replacing the earlier run's" if replaced else ""))
 
 
 if __name__ == "__main__":

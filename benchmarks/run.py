@@ -1,7 +1,8 @@
-"""Training and inference throughput of lenet's LeNet-5, side by side with PyTorch eager and torch.compile.
+"""Training and inference throughput of lenet's LeNet-5, side by side with PyTorch eager, torch.compile and (on a
+GPU) PyTorch's whole step captured as a CUDA graph.
 
-    python benchmarks/run.py [--backends numpy,cupy,torch,torch-compile] [--batch-sizes 32,256,1024]
-                             [--threads N] [--repeats R] [--min-time S] [--out DIR] [--quick]
+    python benchmarks/run.py [--backends numpy,cupy,torch,torch-compile,torch-graph] [--batch-sizes 32,256,1024]
+                             [--threads N] [--busy N] [--repeats R] [--min-time S] [--out DIR] [--quick]
 
 For each batch size and mode (train: FastRunner.train_step as train.py runs it, a full step of
 forward, loss, backward and SGD; infer: FastRunner.forward) every backend is warmed up, then timed R
@@ -9,13 +10,20 @@ times, the backends interleaved within each repetition so that the drift of a sh
 alike. A repetition calls the step in a loop for at least --min-time seconds on random data already in
 memory, synchronizing the GPU at both ends. Reported: images/s (median, min, max over the repetitions)
 and the ratios of medians to PyTorch with the same weights and threads: on the CPU to PyTorch eager
-(`vs torch`) and to the same module under torch.compile (`vs compile`; the optimizer step eager), on CUDA
-cupy to PyTorch eager on CUDA. torch-compile's warm-up is its compilation (two graphs per batch size,
-training and inference, made before any timing); the run checks that no timed step compiled again.
+(`vs torch`) and to the same module under torch.compile (`vs compile`; the optimizer step eager); on CUDA,
+cupy to PyTorch eager on CUDA (`vs torch`) and to PyTorch with the whole training step, and the forward pass,
+each captured as one CUDA graph (`vs graph`, backend torch-graph: PyTorch's fastest form there).
+torch-compile's warm-up is its compilation (two graphs per batch size, training and inference, made before
+any timing); the run checks that no timed step compiled again.
 The header names the CPU, its instruction set and the kernel OpenBLAS chose: figures from different
-machines are not comparable. On cupy, train.py's steps are CUDA-graph replays after two eager ones
-(lenet/fast/graphs.py), and so are the timed ones here; inference is eager.
-Writes <out>/results.csv and <out>/throughput.png.
+machines are not comparable. On cupy, train.py's steps and forward passes are CUDA-graph replays of the GPU
+twin (lenet/fast/gpu.py, graphs.py) after one eager call per batch size, and so are the timed ones here.
+--busy N runs N busy neighbours (each a plain Python busy loop at normal priority: the other programs of a real
+laptop) from before the first timing to after the last, so that every backend, PyTorch included, is measured under
+the same load; the header says how many ran and what they are.
+Writes <out>/results.csv and <out>/throughput.png; where an earlier run's are, it stops before timing anything
+unless --overwrite (as train.py does with a run folder). --quick is a smoke test that the script runs: its figures
+come from one 10 ms repetition and mean nothing, so it says so, and prints no ratios.
 """
 
 # ruff: noqa: E402  (lenet is imported after the checkout is put on the path)
@@ -28,36 +36,46 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this checkout, installed or not
 
-import numpy as np
-from common import (
-    ArgumentParser,
-    core_count,
-    cpu_model,
-    describe_machine,
-    instruction_set,
-    positive_float,
-    positive_int,
-    positive_ints,
-    random_batch,
-    run_main,
-)
-from threadpoolctl import threadpool_limits
+from environment import exit_for_missing_package
 
-from lenet import LeNet5
-from lenet.backend import cupy_available, cupy_unavailable_reason, synchronize
-from lenet.errors import LenetError
-from lenet.fast import FastRunner
-from lenet.fast.tuning import keep_freed_memory
-from lenet.files import atomic_write
-from lenet.optim import SGD
+try:
+    import numpy as np
+    from common import (
+        ArgumentParser,
+        busy_line,
+        busy_neighbours,
+        core_count,
+        count,
+        cpu_model,
+        describe_machine,
+        instruction_set,
+        positive_float,
+        positive_int,
+        positive_ints,
+        random_batch,
+        refuse_to_replace,
+        run_main,
+    )
+    from threadpoolctl import threadpool_limits
 
-BACKENDS = ("numpy", "cupy", "torch", "torch-compile")
+    from lenet import LeNet5
+    from lenet.backend import cupy_available, cupy_unavailable_reason, synchronize
+    from lenet.errors import LenetError
+    from lenet.fast import FastRunner
+    from lenet.fast.tuning import tune_process
+    from lenet.files import atomic_write
+    from lenet.optim import SGD
+except ModuleNotFoundError as e:  # a Python without lenet's packages: say how to set them up
+    exit_for_missing_package(e)
+
+BACKENDS = ("numpy", "cupy", "torch", "torch-compile", "torch-graph")
 # ratio column -> {backend: the backend its median is divided by}; a backend not listed gets no ratio there.
 REFERENCES = {
     "ratio_to_torch": {
         "numpy": "torch", "torch": "torch", "torch-compile": "torch", "cupy": "torch-cuda", "torch-cuda": "torch-cuda",
     },
     "ratio_to_torch_compile": {"numpy": "torch-compile", "torch": "torch-compile", "torch-compile": "torch-compile"},
+    "ratio_to_torch_graph": {"cupy": "torch-graph", "torch-cuda": "torch-graph", "torch-graph": "torch-graph"},
 }  # fmt: skip
 MODES = ("train", "infer")
 LR, MOMENTUM = 0.01, 0.9
@@ -70,8 +88,14 @@ COLUMNS = [
     "images_per_s_max",
     "ratio_to_torch",
     "ratio_to_torch_compile",
+    "ratio_to_torch_graph",
 ]
-TABLE = "{:<13} {:<5} {:>5} {:>13} {:>9} {:>9} {:>9} {:>10}"
+TABLE = "{:<13} {:<5} {:>5} {:>13} {:>9} {:>9} {:>9} {:>10} {:>9}"
+GPU_BATCH_SIZES = "32,256,1024,8192"
+SMOKE_TEST = (
+    "a smoke test that the script runs, not a measurement: images/s from one 10 ms repetition are noise, "
+    "so no ratios are printed (results.csv still holds them); run without --quick to measure"
+)
 
 
 def backend_list(text):
@@ -92,10 +116,18 @@ def parse_args(argv):
         help=f"comma-separated, any of {','.join(BACKENDS)} (default %(default)s)",
     )
     p.add_argument(
-        "--batch-sizes", type=positive_ints, default="32,256,1024", help="comma-separated (default %(default)s)"
+        "--batch-sizes",
+        type=positive_ints,
+        help=f"comma-separated (default 32,256,1024; {GPU_BATCH_SIZES} when cupy or torch-graph is benchmarked)",
     )
     p.add_argument(
         "--threads", type=positive_int, default=core_count(), help="for every backend (default %(default)s: all cores)"
+    )
+    p.add_argument(
+        "--busy",
+        type=count,
+        default=0,
+        help="busy neighbour processes (plain Python busy loops) running beside the timing (default %(default)s)",
     )
     p.add_argument(
         "--repeats", type=positive_int, default=7, help="timed repetitions per backend (default %(default)s)"
@@ -108,9 +140,17 @@ def parse_args(argv):
         help="folder for results.csv, throughput.png (default %(default)s)",
     )
     p.add_argument(
-        "--quick", action="store_true", help="tiny run for tests: batch 8, 1 repetition, 10 ms (default off)"
+        "--overwrite", action="store_true", help="replace the results an earlier run left in --out (default off)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test that the script runs (batch 8, 1 repetition of 10 ms), not a measurement (default off)",
     )
     args = p.parse_args(argv)
+    if args.batch_sizes is None:
+        gpu = {"cupy", "torch-graph"} & set(args.backends)
+        args.batch_sizes = positive_ints(GPU_BATCH_SIZES if gpu else "32,256,1024")
     if args.quick:
         args.batch_sizes, args.repeats, args.min_time = [8], 1, 0.01
     return args
@@ -140,7 +180,7 @@ def setup_backends(names, threads, notes):
             makers["cupy"] = lambda x, y: lenet_steps("cupy", x, y, 1)
         else:
             notes.append(f"cupy skipped: {cupy_unavailable_reason()}")
-    wanted = [name for name in ("torch", "torch-compile") if name in names]
+    wanted = [name for name in ("torch", "torch-compile", "torch-graph") if name in names]
     if wanted:
         try:
             import torch_lenet
@@ -162,6 +202,10 @@ def setup_backends(names, threads, notes):
                 makers[name] = lambda x, y, d=device, c=compile: torch_lenet.torch_steps(
                     state, x, y, d, LR, MOMENTUM, compile=c
                 )
+            if "torch-graph" in names and torch_lenet.torch.cuda.is_available():
+                makers["torch-graph"] = lambda x, y: torch_lenet.torch_graph_steps(state, x, y, LR, MOMENTUM)
+            elif "torch-graph" in names:
+                notes.append("torch-graph skipped: torch.cuda.is_available() is False")
     if not makers:
         raise LenetError("nothing to benchmark: " + "; ".join(notes))
     return makers
@@ -228,8 +272,9 @@ def summarize(samples, mode, batch):
     return rows
 
 
-def table_row(r):
-    ratios = (f"{r[c]:.2f}x" if r[c] != "" else "-" for c in REFERENCES)
+def table_row(r, show_ratios=True):
+    """A row of the printed table; "-" in the ratio columns without `show_ratios` (a smoke test's mean nothing)."""
+    ratios = (f"{r[c]:.2f}x" if show_ratios and r[c] != "" else "-" for c in REFERENCES)
     numbers = (f"{r[c]:,.0f}" for c in ("images_per_s_median", "images_per_s_min", "images_per_s_max"))
     return TABLE.format(r["backend"], r["mode"], r["batch_size"], *numbers, *ratios)
 
@@ -279,25 +324,17 @@ def compile_report(compiled, recompiled):
     return lines
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    keep_freed_memory()  # as train.py does (lenet/fast/tuning.py): fresh pages each step would be timed otherwise
-    started, notes, rows = time.perf_counter(), [], []
-    compiled, recompiled = {}, 0  # torch-compile: {batch: seconds compiling}, graphs made while timing
-    with threadpool_limits(limits=args.threads):
-        makers = setup_backends(args.backends, args.threads, notes)
-        print("lenet benchmark: LeNet-5 (sigmoid, average pooling, float32), random data in memory, seed 0")
-        print("\n".join(describe_machine(args.threads)))
-        print(f"timing   {args.repeats} repetitions of >= {args.min_time} s per backend after a warm-up, interleaved")
-        for note in notes:
-            print(f"note     {note}")
-        print()
-        print(TABLE.format("backend", "mode", "batch", "img/s median", "min", "max", "vs torch", "vs compile"))
-        for batch in args.batch_sizes:
-            x, y = random_batch(batch)
-            steps = make_steps(makers, x, y, notes)
-            if not steps:
-                raise LenetError("nothing left to benchmark: " + "; ".join(notes))
+def time_all(args, makers, notes):
+    """Every batch size and mode, printed as it goes: (rows, {batch: seconds torch.compile took}, graphs compiled
+    while timing)."""
+    rows, compiled, recompiled = [], {}, 0
+    print(TABLE.format("backend", "mode", "batch", "img/s median", "min", "max", "vs torch", "vs compile", "vs graph"))
+    for batch in args.batch_sizes:
+        x, y = random_batch(batch)
+        steps = make_steps(makers, x, y, notes)
+        if not steps:
+            raise LenetError("nothing left to benchmark: " + "; ".join(notes))
+        try:
             if "torch-compile" in steps:
                 import torch_lenet  # setup_backends imported it
 
@@ -305,12 +342,36 @@ def main(argv=None):
                 graphs = torch_lenet.compiled_graphs()
             for mode in MODES:
                 cell = summarize(measure(steps, mode, batch, args.repeats, args.min_time), mode, batch)
-                print("\n".join(table_row(r) for r in cell), flush=True)
+                print("\n".join(table_row(r, show_ratios=not args.quick) for r in cell), flush=True)
                 rows += cell
             if "torch-compile" in steps:
                 recompiled += torch_lenet.compiled_graphs() - graphs
+        finally:
             for s in steps.values():
                 s.get("close", lambda: None)()
+    return rows, compiled, recompiled
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    replaced = refuse_to_replace(args.out, ["results.csv", "throughput.png"], args.overwrite)
+    tune_process()  # as train.py does (lenet/fast/tuning.py): one BLAS thread, malloc thresholds, switch interval
+    started, notes = time.perf_counter(), []
+    with threadpool_limits(limits=args.threads, user_api="openmp"):  # PyTorch's threads; NumPy's BLAS stays at one
+        makers = setup_backends(args.backends, args.threads, notes)
+        with busy_neighbours(args.busy) as neighbours:  # stopped however the timing ends (Ctrl-C, an error)
+            print("lenet benchmark: LeNet-5 (sigmoid, average pooling, float32), random data in memory, seed 0")
+            print("\n".join(describe_machine(args.threads)))
+            print(busy_line(neighbours))
+            print(
+                f"timing   {args.repeats} repetitions of >= {args.min_time} s per backend after a warm-up, interleaved"
+            )
+            if args.quick:
+                print(f"quick    {SMOKE_TEST}")
+            for note in notes:
+                print(f"note     {note}")
+            print(flush=True)
+            rows, compiled, recompiled = time_all(args, makers, notes)
     if not rows:
         raise LenetError("nothing was benchmarked: " + "; ".join(notes))
     print()
@@ -323,10 +384,18 @@ def main(argv=None):
     references = " and ".join(
         label for name, label in (("torch", "PyTorch eager"), ("torch-compile", "torch.compile")) if name in makers
     )
-    title = f"lenet LeNet-5 vs {references or 'nothing'}, {args.threads} threads, {cpu_model()} ({instruction_set()})"
+    busy = f", {args.busy} busy neighbour{'s' if args.busy > 1 else ''}" if args.busy else ""
+    title = (
+        f"lenet LeNet-5 vs {references or 'nothing'}, {args.threads} threads{busy}, {cpu_model()} ({instruction_set()})"
+    )
+    if args.quick:
+        title = f"--quick: a smoke test, not a measurement\n{title}"
     plot(rows, args.out / "throughput.png", title)
     took = time.perf_counter() - started
-    print(f"wrote {args.out / 'results.csv'} and {args.out / 'throughput.png'} ({took:.0f} s)")
+    print(f"wrote {args.out / 'results.csv'} and {args.out / 'throughput.png'} ({took:.0f} s)", end="")
+    print(f", replacing the earlier run's {' and '.join(replaced)}" if replaced else "")
+    if args.quick:
+        print(f"--quick: {SMOKE_TEST}")
 
 
 if __name__ == "__main__":

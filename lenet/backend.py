@@ -8,6 +8,8 @@ CuPy is imported lazily, on the first request for it. If that fails (package mis
 device, driver too old), the reason is kept and shown in one sentence by `get_backend("cupy")`.
 """
 
+import os
+
 import numpy as np
 
 from .errors import LenetError
@@ -84,21 +86,14 @@ def to_numpy(x):
     return np.asarray(x)
 
 
-matmul_override = None  # a function(a, b, out) that takes over CuPy products while it is set (see matmul)
-
-
 def matmul(a, b, out=None):
-    """a (M, K) @ b (K, N), into out (M, N) if given: xp.matmul.
+    """a (M, K) @ b (K, N), into out (M, N) if given, by the array's own library (NumPy or CuPy)."""
+    return get_array_module(a).matmul(a, b, out=out)
 
-    Layers multiply through this one function, so that the products of a step can be computed elsewhere by
-    changing one name: on CuPy, while `matmul_override` is set (lenet/fast/graphs.py sets it while it records a
-    training step, as CuPy refuses cuBLAS then), the products go to it.
-    """
-    if _cupy is not None and isinstance(a, _cupy.ndarray):
-        if matmul_override is not None:
-            return matmul_override(a, b, out)
-        return _cupy.matmul(a, b, out=out)
-    return np.matmul(a, b, out=out)
+
+def cpu_cores():
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def synchronize(xp):

@@ -90,17 +90,29 @@ def run_main(main, prog):
     return 2
 
 
+def parse_then_run(parse_args, run, argv, prog):
+    """The main() of a command that parses its flags first (demo, visualize): --help and a bad flag end here with
+    argparse's status; the run goes through run_main."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag (already reported in one line)
+        return e.code or 0
+    return run_main(lambda: run(args), prog)
+
+
 DEFAULT_CHECKPOINT = "runs/fashion-mnist/best_model.npz"  # where a default lenet-train run puts its best weights
 
 
+DATA_DIR_HELP = (
+    "an existing folder with the four IDX files, or where to download them (default: looked up in "
+    "$LENET_DATA, ./data and the system's and lenet's cache folders, then downloaded into the cache)"
+)
+
+
 def add_data_dir(parser):
-    """--data-dir, as train and test take it: an existing folder (see existing_folder)."""
-    parser.add_argument(
-        "--data-dir",
-        type=existing_folder,
-        help="an existing folder with the four IDX files, or where to download them (default: looked up in "
-        "$LENET_DATA, ./data and the system's and lenet's cache folders, then downloaded into the cache)",
-    )
+    """--data-dir, as test takes it (train's is declared with its other options, lenet/options.py): an existing
+    folder (see existing_folder)."""
+    parser.add_argument("--data-dir", type=existing_folder, help=DATA_DIR_HELP)
 
 
 def existing_folder(text):

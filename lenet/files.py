@@ -21,14 +21,18 @@ def atomic_write(path, mode="wb"):
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     # Not tempfile.mkstemp: its 0600 mode would survive the rename, and the file should get the
     # permissions the umask gives any new file, as open(path, "w") would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    fd = None
     try:
+        # Inside the try: a Ctrl-C or SIGTERM that arrives while the file is being created (a busy disk can hold
+        # os.open for a while) is raised as soon as it returns, and must not leave the temporary behind.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if fd is not None or not isinstance(e, FileExistsError):  # else another writer's temporary (1 in 2**48)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise

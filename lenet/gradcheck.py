@@ -12,7 +12,8 @@ a relative error far below 1e-6; max pooling and ReLU have kinks, so check them 
     from lenet.gradcheck import check_layer
     errors = check_layer(MyLayer(...), x)   # x float64; {"input": 3e-10, "weight": 2e-10, ...}, or GradientCheckError
 
-`python -m lenet.gradcheck` checks every layer of lenet and the whole LeNet-5 loss (both stacks) and prints a table.
+`python -m lenet.gradcheck` checks every layer of layers.py and the whole LeNet-5 loss and prints a table (the speed
+wing's fused stage is held to the same checker in tests/test_fast.py).
 """
 
 import sys
@@ -120,7 +121,6 @@ def check_loss(model, x, y, rng=None, picks=12, tol=TOLERANCE, name="LeNet5"):
 # -- python -m lenet.gradcheck ---------------------------------------------------------------------------------
 def _cases(rng):
     """(name, layer, x, check_input) for every layer of lenet, on small float64 inputs."""
-    from .fast.convpool import ConvPool
     from .layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
 
     def normal(*shape, scale=1.0):
@@ -143,10 +143,6 @@ def _cases(rng):
     yield "ReLU", ReLU(), away_from_zero, True
     yield "Linear", Linear(normal(7, 5), normal(7)), normal(4, 5), True
     yield "Flatten", Flatten(), normal(2, 3, 4, 5), True
-    for act, pool in (("sigmoid", "avg"), ("tanh", "avg"), ("relu", "max")):
-        x = distinct(2, 6, 14, 14) if pool == "max" else normal(2, 6, 14, 14)
-        layer = ConvPool(normal(16, 6, 5, 5, scale=0.3), normal(16), act, pool)
-        yield f"ConvPool {act}/{pool} (fast)", layer, x, True
 
 
 def main(argv=None):
@@ -170,12 +166,10 @@ def main(argv=None):
     logits = np.random.default_rng(1).standard_normal((10, 10))
     ce = SoftmaxCrossEntropy()
     record("SoftmaxCrossEntropy", lambda: _check_softmax(ce, logits, labels))
-    for fused in (False, True):
-        for act, pool in (("sigmoid", "avg"), ("tanh", "avg"), ("relu", "max")):
-            model = LeNet5(act, pool, dtype="float64", seed=3, fused=fused)
-            images = rng.permutation(3 * 784).reshape(3, 1, 28, 28) / (3 * 784)  # distinct pixels: no pooling ties
-            stack = "fused" if fused else "textbook"
-            record(f"LeNet5 {act}/{pool} loss ({stack})", lambda m=model, x=images: check_loss(m, x, labels[:3], rng))
+    for act, pool in (("sigmoid", "avg"), ("tanh", "avg"), ("relu", "max")):
+        model = LeNet5(act, pool, dtype="float64", seed=3)
+        images = rng.permutation(3 * 784).reshape(3, 1, 28, 28) / (3 * 784)  # distinct pixels: no pooling ties
+        record(f"LeNet5 {act}/{pool} loss", lambda m=model, x=images: check_loss(m, x, labels[:3], rng))
     width = max(len(r[0]) for r in rows)
     print(f"{'layer':<{width}}  {'gradient':<10} {'relative error':>14}")
     for name, p, e, ok in rows:

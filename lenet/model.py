@@ -14,14 +14,13 @@ we follow LeNet-5 and put the activation after them. Parameter names and layouts
 same model (c1.weight (6, 1, 5, 5), ..., f7.bias (10,)), so weights move between the two unchanged.
 """
 
-import copy
-
 import numpy as np
 
 from .backend import backend_name, get_array_module, get_backend, to_numpy
 from .errors import LenetError
-from .layers import AvgPool2d, Conv2d, Flatten, Layer, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
+from .layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
 
+# The one table of activations and poolings by name (the speed wing maps these layers to its own forms).
 ACTIVATIONS = {"sigmoid": Sigmoid, "relu": ReLU, "tanh": Tanh}
 POOLS = {"avg": AvgPool2d, "max": MaxPool2d}
 DTYPES = ("float32", "float64")
@@ -60,83 +59,52 @@ def init_weights(activation="sigmoid", seed=0):
 
 
 class LeNet5:
-    """LeNet-5 with hand-written backward passes.
+    """LeNet-5 with hand-written backward passes: the textbook stack of layers.py, each convolution stage three
+    layers (Conv2d, activation, AvgPool2d/MaxPool2d).
 
-    model = LeNet5(activation="sigmoid", pool="avg", backend="numpy", dtype="float32", seed=0, fused=True)
+    model = LeNet5(activation="sigmoid", pool="avg", backend="numpy", dtype="float32", seed=0)
     logits = model.forward(x)          # x (N, 1, 28, 28) -> (N, 10)
     dx = model.backward(dlogits)       # fills every parameter's .grad; dx is None unless input_grad=True
 
     With input_grad=True the first convolution also computes dL/dx, the gradient with respect to the images
     (for saliency maps); training needs none, so by default it is skipped.
 
-    fused=False builds the textbook stack of layers.py, each convolution stage three layers (Conv2d, activation,
-    AvgPool2d/MaxPool2d). fused=True (the default) computes each stage as one layer of the speed wing,
-    lenet.fast.convpool.ConvPool: the same numbers, arranged to run faster. Both have the same parameters, names and
-    state dicts, so a checkpoint of one loads into the other.
+    The speed wing computes the same numbers faster from outside: lenet.fast.fuse(model) is a twin that runs each
+    stage as one fused layer on this model's own parameters. This class knows nothing of it.
     """
 
-    def __init__(
-        self, activation="sigmoid", pool="avg", backend="numpy", dtype="float32", seed=0, input_grad=False, fused=True
-    ):
+    def __init__(self, activation="sigmoid", pool="avg", backend="numpy", dtype="float32", seed=0, input_grad=False):
         if activation not in ACTIVATIONS:
             raise LenetError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
         if pool not in POOLS:
             raise LenetError(f"unknown pooling {pool!r}; choose one of: {', '.join(POOLS)}")
         if str(dtype) not in DTYPES:
             raise LenetError(f"unsupported dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-        self.activation, self.pool, self.input_grad, self.fused = activation, pool, bool(input_grad), bool(fused)
+        self.activation, self.pool, self.input_grad = activation, pool, bool(input_grad)
         self.xp = get_backend(backend)
         self.dtype = np.dtype(dtype)
-        self._build({k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_weights(activation, seed).items()})
-
-    def _build(self, w):
-        """The layer stack around the weight arrays `w` (used as they are, not copied)."""
-        act, pool = ACTIVATIONS[self.activation], POOLS[self.pool]
-        if self.fused:
-            self._build_fused(w)
-        else:
-            self.c1 = Conv2d(w["c1.weight"], w["c1.bias"], padding=2, input_grad=self.input_grad)
-            self.c3 = Conv2d(w["c3.weight"], w["c3.bias"])
-            self.f5 = Linear(w["f5.weight"], w["f5.bias"])
-            self.layers = [
-                ("c1", self.c1), ("act1", act()), ("s2", pool(2)),
-                ("c3", self.c3), ("act3", act()), ("s4", pool(2)),
-            ]  # fmt: skip
+        w = {k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_weights(activation, seed).items()}
+        act, pool = ACTIVATIONS[activation], POOLS[pool]
+        self.c1 = Conv2d(w["c1.weight"], w["c1.bias"], padding=2, input_grad=self.input_grad)
+        self.c3 = Conv2d(w["c3.weight"], w["c3.bias"])
+        self.f5 = Linear(w["f5.weight"], w["f5.bias"])
         self.f6 = Linear(w["f6.weight"], w["f6.bias"])
         self.f7 = Linear(w["f7.weight"], w["f7.bias"])
-        self.layers += [
+        self.layers = [
+            ("c1", self.c1), ("act1", act()), ("s2", pool(2)),
+            ("c3", self.c3), ("act3", act()), ("s4", pool(2)),
             ("flatten", Flatten()),
             ("f5", self.f5), ("act5", act()),
             ("f6", self.f6), ("act6", act()),
             ("f7", self.f7),
         ]  # fmt: skip
 
-    def _build_fused(self, w):
-        """C1 and C3 as fused stages from the speed wing (the one place the core reaches into it), each named after
-        its three parts; F5 as the Linear that keeps the fused stage's memory order in its input gradient."""
-        from .fast.convpool import BatchLastLinear, ConvPool
-
-        self.c1 = ConvPool(w["c1.weight"], w["c1.bias"], self.activation, self.pool, 2, input_grad=self.input_grad)
-        self.c3 = ConvPool(w["c3.weight"], w["c3.bias"], self.activation, self.pool)
-        self.f5 = BatchLastLinear(w["f5.weight"], w["f5.bias"])
-        self.layers = [("c1+act1+s2", self.c1), ("c3+act3+s4", self.c3)]
-
-    def replica(self):
-        """A twin that shares this model's weight arrays but has its own layer caches and gradients.
-
-        Two threads can each run forward and backward on half a batch, one on the model and one on a replica
-        (see parallel.py); an optimizer step on the model's parameters updates both, in place.
-        """
-        twin = copy.copy(self)
-        twin._build({name: p.data for name, p in self.named_parameters()})
-        return twin
-
     @property
     def backend(self):
         return backend_name(self.xp)
 
     def config(self):
-        """The options that rebuild this architecture (stored in checkpoints); either stack loads the weights."""
+        """The options that rebuild this architecture (stored in checkpoints)."""
         return {"activation": self.activation, "pool": self.pool}
 
     # -- forward and backward -------------------------------------------------------------------
@@ -205,14 +173,9 @@ class LeNet5:
         line = "-" * 64
         rows = [line, f"{'Layer (type)':>25}  {'Output Shape':>20} {'Param #':>15}", "=" * 64]
         shape = (1, *INPUT_SHAPE)
-        parts = []  # a fused stage "c1+act1+s2" is three rows, as in the textbook stack
         for name, layer in self.layers:
-            parts += zip(name.split("+"), layer.parts() if hasattr(layer, "parts") else [layer], strict=True)
-        for name, layer in parts:
             shape = layer.output_shape(shape)
-            kind = next(c for c in type(layer).__mro__ if c.__module__ == Layer.__module__).__name__  # textbook name
-            label = f"{kind}-{name}"
-            shown = str([batch_size, *shape[1:]])
+            label, shown = f"{type(layer).__name__}-{name}", str([batch_size, *shape[1:]])
             rows.append(f"{label:>25}  {shown:>20} {layer.num_params():>15,}")
         rows += [
             "=" * 64,

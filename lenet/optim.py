@@ -8,8 +8,30 @@ state (velocity, moments) lives in flat arrays too, so a step is a dozen array o
 instead of a dozen per parameter array (ten of them). State dicts still hold one array per parameter.
 """
 
+import math
+
 from .backend import get_array_module, to_numpy
 from .errors import LenetError
+
+
+def flatten(arrays, out=None):
+    """One flat array of `arrays`, one after another (written into `out` if given)."""
+    if out is None:
+        out = get_array_module(arrays[0]).empty(sum(a.size for a in arrays), dtype=arrays[0].dtype)
+    # Each piece copied into its view of `out`: the same as concatenating, without a list of pieces on the side.
+    for piece, a in zip(unflatten(out, [a.shape for a in arrays]), arrays, strict=True):
+        piece[...] = a
+    return out
+
+
+def unflatten(flat, shapes):
+    """The views of a flat array as arrays of `shapes`, one after another."""
+    out, start = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        out.append(flat[start : start + size].reshape(shape))
+        start += size
+    return out
 
 
 class Optimizer:
@@ -25,47 +47,22 @@ class Optimizer:
         self.steps = 0
         self.xp = get_array_module(self.params[0].data)
         self.state = dict.fromkeys(self.state_names)
-        self.device_coefficients = None  # an array of coefficients() to read instead (lenet/fast/graphs.py sets it)
-
-    def flat(self, arrays):
-        """One flat array of `arrays` (one per parameter), in parameter order."""
-        # Copied piece by piece into unflat's views rather than concatenated: on CuPy, concatenating many arrays
-        # sends their addresses to the GPU, a host-to-device copy that lenet/fast/graphs.py cannot record.
-        out = self.xp.empty(sum(a.size for a in arrays), dtype=arrays[0].dtype)
-        for piece, a in zip(self.unflat(out), arrays, strict=True):
-            piece[...] = a
-        return out
 
     def unflat(self, flat):
         """The per-parameter views of a flat array."""
-        out, start = [], 0
-        for p in self.params:
-            out.append(flat[start : start + p.data.size].reshape(p.shape))
-            start += p.data.size
-        return out
+        return unflatten(flat, [p.shape for p in self.params])
 
     def apply(self, update):
         """p -= update, for every parameter, from a flat update."""
         for p, u in zip(self.params, self.unflat(update), strict=True):
             p.data -= u
 
-    def coefficients(self, steps=None):
-        """{name: number} that change from step to step (learning rate, bias corrections), for step `steps`
-        (default: the step being taken). update() reads them through _coefficients()."""
-        return {"lr": self.lr}
-
-    def _coefficients(self):
-        if self.device_coefficients is None:
-            return self.coefficients()
-        # A replayed step runs fixed kernels: the numbers must come from device memory written before each step.
-        return dict(zip(self.coefficients(), self.device_coefficients, strict=True))
-
     def step(self):
         """One update from every param.grad; L2 weight decay (both optimizers have it) is added here."""
         self.steps += 1
-        g = self.flat([p.grad for p in self.params])
+        g = flatten([p.grad for p in self.params])
         if self.weight_decay:
-            g += self.weight_decay * self.flat([p.data for p in self.params])
+            g += self.weight_decay * flatten([p.data for p in self.params])
         self.update(g)
 
     # Optimizer state as {name.i: NumPy array, one per parameter} (for checkpoints) and back.
@@ -84,7 +81,7 @@ class Optimizer:
                 self.state[name] = None
             else:
                 dtype = self.params[0].data.dtype
-                self.state[name] = self.flat([self.xp.asarray(v, dtype=dtype) for v in values])
+                self.state[name] = flatten([self.xp.asarray(v, dtype=dtype) for v in values])
 
 
 class SGD(Optimizer):
@@ -113,7 +110,7 @@ class SGD(Optimizer):
                 v *= self.momentum
                 v += g
             g = g + self.momentum * v if self.nesterov else v
-        self.apply(self._coefficients()["lr"] * g)
+        self.apply(self.lr * g)
 
 
 class Adam(Optimizer):
@@ -126,26 +123,23 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay = eps, weight_decay
 
-    def coefficients(self, steps=None):
-        t = self.steps if steps is None else steps
-        # The step size folds in the first moment's bias correction; v_scale is sqrt of the second's.
-        return {"step_size": self.lr / (1 - self.beta1**t), "v_scale": (1 - self.beta2**t) ** 0.5}
-
     def update(self, g):
         xp = self.xp
         if self.state["m"] is None:
             self.state["m"], self.state["v"] = xp.zeros_like(g), xp.zeros_like(g)
-        m, v, c = self.state["m"], self.state["v"], self._coefficients()
+        m, v, t = self.state["m"], self.state["v"], self.steps
+        # The step size folds in the first moment's bias correction; v_scale is sqrt of the second's.
+        step_size, v_scale = self.lr / (1 - self.beta1**t), (1 - self.beta2**t) ** 0.5
         m *= self.beta1
         m += (1 - self.beta1) * g
         v *= self.beta2
         g *= g
         v += (1 - self.beta2) * g
         denom = xp.sqrt(v)
-        denom /= c["v_scale"]
+        denom /= v_scale
         denom += self.eps
         update = xp.divide(m, denom, out=denom)
-        update *= c["step_size"]
+        update *= step_size
         self.apply(update)
 
 

@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 from .files import atomic_write
 
 
-def _save(fig, path):
+def save_figure(fig, path):
+    """A Figure as a PNG at `path`, written atomically, cropped to what is drawn (every picture of lenet's)."""
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
 
@@ -30,46 +31,67 @@ def plot_history(history, path):
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def plot_images(images, class_names, labels, path, predicted=None, columns=8):
-    """A grid of images titled with their class; with `predicted`, "pred / true", mistakes in red.
+def plot_images(images, class_names, labels, path, predicted=None, columns=8, title=None):
+    """A grid of images, bright ink on black as in the data sets, titled with their class; with `predicted`,
+    each titled with the predicted class and the mistakes in red with the true class below. Returns the Figure.
 
-    images (N, 1, H, W) or (N, H, W) in [0, 1]; labels and predicted (N,) class indices.
+    images (N, 1, H, W) or (N, H, W) in [0, 1]; labels and predicted (N,) class indices. `title` goes on top;
+    with `predicted`, a line under it says what red means.
     """
     images = np.asarray(images).reshape(len(images), *np.shape(images)[-2:])
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig = Figure(figsize=(columns * 1.6, rows * 1.8))
+    fig = Figure(figsize=(columns * 1.6, rows * 1.8 + 0.5), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
+    wrong_count = 0
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
             continue
-        ax.imshow(images[i], cmap="gray_r" if predicted is None else "gray", vmin=0, vmax=1)
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
         true = class_names[int(labels[i])]
         if predicted is None:
             ax.set_title(true, fontsize=8)
         else:
             guess = class_names[int(predicted[i])]
             wrong = guess != true
+            wrong_count += wrong
             ax.set_title(f"{guess}\n(true: {true})" if wrong else guess, fontsize=8, color="red" if wrong else "black")
-    _save(fig, path)
+    if predicted is not None:
+        legend = (
+            f"the predicted class above each image; red: a mistake, the true class in brackets ({wrong_count} of {n})"
+        )
+        title = f"{title}\n{legend}" if title else legend
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+    return fig
 
 
-def plot_confusion_matrix(matrix, class_names, path):
-    """matrix[i, j] = how many examples of true class i were predicted as j."""
+def plot_confusion_matrix(matrix, class_names, path, of="images"):
+    """matrix[i, j] = how many examples of true class i were predicted as j. Returns the Figure.
+
+    The title says what was counted (`of`: "fashion-mnist test images"), the accuracy and how to read it (rows
+    true, columns predicted, the diagonal right); the colour bar says what its colours count.
+    """
     matrix = np.asarray(matrix)
-    fig = Figure(figsize=(8, 7))
+    total = int(matrix.sum())
+    accuracy = np.trace(matrix) / total if total else 0.0
+    title = f"confusion matrix of {total} {of}: accuracy {accuracy:.4f}"
+    fig = Figure(figsize=(8.5, 7.5), layout="constrained")
     ax = fig.subplots()
-    im = ax.imshow(matrix, cmap="Blues")
+    im = ax.imshow(matrix, cmap="Blues", vmin=0)
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"{title}\nrow: the true class, column: what the network said; the diagonal is right", fontsize=10)
     threshold = matrix.max() / 2 if matrix.size else 0
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > threshold else "black")
-    fig.colorbar(im, ax=ax)
-    _save(fig, path)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="images of the row's class predicted as the column's")
+    save_figure(fig, path)
+    return fig

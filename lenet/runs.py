@@ -3,12 +3,14 @@
 One train.py at a time holds a run folder: `RunLock` takes an exclusive flock on `<out>/.lock` for the whole
 run and writes its PID there, so a second train.py on the same folder stops at once and names the holder. The
 operating system drops the lock when the process ends, however it ends (kill -9 included), so a lock is never
-stale; the file stays, which is harmless. Under the lock a run may then:
+stale: a .lock that a killed run left is taken over by the next. A run that ends removes its .lock, and the
+folder too if the lock made it and nothing was written there (a run that failed before training leaves nothing).
+Under the lock a run may then:
 
 - refuse to start afresh over a run already there (`check_fresh_start`): the earlier run's best_model.npz and
-  last.npz would be gone at its first epoch. --resume continues it, --overwrite starts over (removing its files
-  and test.py's pictures of it first, `remove_run_files`, so the folder never mixes two runs), --out names
-  another folder;
+  last.npz would be gone at its first epoch. --resume continues it, --overwrite starts over (removing its files,
+  its epoch records and test.py's pictures of it first, `remove_run_files`, so the folder never mixes two runs),
+  --out names another folder;
 - remove what killed runs left behind: the temporaries of lenet.files.atomic_write (`.<name>.<hex>.tmp`) for the
   files a run writes (`remove_stale_temporaries`). Under the lock no live run can own them.
 """
@@ -41,39 +43,74 @@ _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}\.tmp")  # files.atomic_wr
 
 
 class RunLock:
-    """An exclusive lock on a run folder, held from __enter__ to __exit__; the folder is made if need be."""
+    """An exclusive lock on a run folder, held from __enter__ to __exit__; the folder is made if need be.
+
+    On exit the .lock file goes, and so do the folders that __enter__ made, where they are left empty.
+    """
 
     def __init__(self, out):
         self.out = Path(out)
         self.path = self.out / LOCK_NAME
         self._fd = None
+        self._made = []  # the folders __enter__ made, deepest first
 
     def __enter__(self):
-        self.out.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:
+        for _ in range(100):  # another run may remove the .lock, or the folder, between two of the steps below
+            self._made += _make_folders(self.out)
+            if fcntl is None:
+                return self
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:  # the folder went: a run that just ended removed it, empty
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                who = f"another train.py (PID {holder})" if holder else "another train.py"
+                raise LenetError(
+                    f"{self.out} is in use by {who}; wait for it to finish, or choose another --out"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if not _is_at(fd, self.path):  # locked a .lock that its holder removed as it ended: take the new one
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd = fd
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            who = f"another train.py (PID {holder})" if holder else "another train.py"
-            raise LenetError(f"{self.out} is in use by {who}; wait for it to finish, or choose another --out") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
+        raise LenetError(f"{self.out}: could not take its lock; other runs keep creating and removing it")
 
     def __exit__(self, *exc_info):
         if self._fd is not None:
+            # Removed while still held: a run that opens it now finds, once it holds it, that it is no longer
+            # the .lock of the folder (_is_at), and takes a new one.
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)  # no PID left behind that could be taken for a live holder
+                os.unlink(self.path)
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+        for folder in self._made:  # only empty ones: rmdir refuses the others
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self._made = []
+
+
+def _make_folders(folder):
+    """Make `folder` and its missing parents; returns those it made, deepest first."""
+    missing = [f for f in (folder, *folder.parents) if not f.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _is_at(fd, path):
+    """Whether the open file `fd` is still the file at `path` (not removed, nor replaced by another)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _read_pid(fd):
@@ -131,10 +168,14 @@ def check_fresh_start(out, overwrite):
 
 
 def remove_run_files(out):
-    """Remove the files an earlier run and its test wrote in `out` (RUN_FILES, TEST_FILES), nothing else."""
+    """Remove the files an earlier run and its test wrote in `out` (RUN_FILES, TEST_FILES, the epoch records in
+    epochs/), nothing else."""
+    from .recorder import remove_records
+
     for name in RUN_FILES + TEST_FILES:
         with contextlib.suppress(FileNotFoundError):
             (Path(out) / name).unlink()
+    remove_records(out)
 
 
 def remove_stale_temporaries(out):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LenetError
+from .errors import LenetError, one_line
 from .files import atomic_write
 
 # A LeNet-5 checkpoint with Adam's two buffers in float64 is under 2 MB, its header a few KB.
@@ -79,7 +79,7 @@ def read_safetensors(path, what="file"):
     try:
         tensors = safetensors.numpy.load(data)
     except safetensors.SafetensorError as e:
-        raise LenetError(f"{source}: not a valid safetensors file ({_one_line(e)})") from None
+        raise LenetError(f"{source}: not a valid safetensors file ({one_line(e)})") from None
     # The package's arrays are read-only views of `data`; an optimizer updates its buffers in place.
     return {name: np.array(value) for name, value in tensors.items()}, metadata
 
@@ -102,7 +102,7 @@ def _parse_header(data, source):
     try:
         header = json.loads(data[HEADER_LENGTH_BYTES : HEADER_LENGTH_BYTES + length].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting: RecursionError
-        raise LenetError(f"{source}: not a safetensors file: its header is not JSON ({_one_line(e)[:200]})") from None
+        raise LenetError(f"{source}: not a safetensors file: its header is not JSON ({one_line(e)[:200]})") from None
     if not isinstance(header, dict):
         raise LenetError(f"{source}: not a safetensors file: its header is a JSON {type(header).__name__}")
     metadata = header.get("__metadata__")
@@ -118,7 +118,3 @@ def _parse_header(data, source):
                 f"{source}: tensor {name!r} has element type {entry['dtype']!r}; lenet reads {', '.join(DTYPES)}"
             )
     return header
-
-
-def _one_line(message):
-    return " ".join(str(message).split())

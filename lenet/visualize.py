@@ -16,10 +16,7 @@ from matplotlib.figure import Figure
 
 from .backend import get_array_module, to_numpy
 from .errors import LenetError
-from .fast.convpool import ConvPool
-from .files import atomic_write
-from .layers import AvgPool2d, Conv2d, MaxPool2d
-from .model import ACTIVATIONS
+from .plots import save_figure
 
 SIZE = 28  # the data sets' image side
 MAX_IMAGE_PIXELS = 25_000_000  # a 5000 x 5000 photo; a file that claims more is refused before it is decoded
@@ -154,40 +151,18 @@ def _as_model_input(model, images):
     return x
 
 
-def _textbook_parts(model, name, layer):
-    """A fused stage (ConvPool "c1+act1+s2") as fresh textbook layers on the same weights: [(name, layer)].
-
-    The fused layer yields only the pooled maps; the maps before pooling come from Conv2d and the
-    activation, computed anew from the weights (the layer's caches are not touched).
-    """
-    conv_name, act_name, pool_name = name.split("+")
-    conv = Conv2d(layer.weight.data, layer.bias.data, padding=layer.padding)
-    pool = {"avg": AvgPool2d, "max": MaxPool2d}[model.pool](2)
-    return [(conv_name, conv), (act_name, ACTIVATIONS[model.activation]()), (pool_name, pool)]
-
-
 def layer_outputs(model, images):
-    """Every stage's output for a batch: {name: NumPy array}, in the network's order.
+    """Every layer's output for a batch: {name: NumPy array}, in the network's order.
 
-    Names are those of the layers ("c1", "act1", "s2", "c3", ..., "f7") and "input"; a fused stage's parts
-    are computed with the textbook layers (see _textbook_parts), and the stage's own output is the one
-    passed on, so "f7" equals model.forward(images). Runs the model's layers, so not concurrently with
-    another forward on the same model.
+    Names are those of the model's layers ("c1", "act1", "s2", "c3", ..., "f7") and "input", so "f7" equals
+    model.forward(images). Runs the model's layers, so not concurrently with another forward on the same model.
     """
     x = _as_model_input(model, images)
     model.check_input(x)
     out = {"input": to_numpy(x).copy()}
     for name, layer in model.layers:
-        if isinstance(layer, ConvPool):
-            y = x
-            for part_name, part in _textbook_parts(model, name, layer):
-                y = part.forward(y)
-                out[part_name] = to_numpy(y).copy()
-            x = layer.forward(x)
-            out[name.split("+")[-1]] = to_numpy(x).copy()
-        else:
-            x = layer.forward(x)
-            out[name] = to_numpy(x).copy()
+        x = layer.forward(x)
+        out[name] = to_numpy(x).copy()
     return out
 
 
@@ -260,11 +235,6 @@ def pca(features, components=2):
 # -- pictures -----------------------------------------------------------------------------------------
 
 
-def _save(fig, path):
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=100)
-
-
 def _symmetric(a):
     """A colour limit symmetric about zero (never 0, so a constant-zero panel still draws)."""
     m = float(np.abs(a).max()) if np.size(a) else 0.0
@@ -272,39 +242,46 @@ def _symmetric(a):
 
 
 def plot_filters(state, path):
-    """C1's six 5x5 filters and C3's 16x6 grid of 5x5 filters, each layer on one colour scale around 0."""
+    """C1's six 5x5 filters and C3's 16x6 grid of 5x5 filters, each layer on one colour scale around 0.
+
+    Returns the Figure.
+    """
     c1, c3 = np.asarray(state["c1.weight"]), np.asarray(state["c3.weight"])  # (6, 1, 5, 5), (16, 6, 5, 5)
-    fig = Figure(figsize=(10, 6.6), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 3.6])
+    fig = Figure(figsize=(11, 6.9), layout="constrained")
+    fig.suptitle("the learned weights: red a positive weight, blue a negative one, white zero", fontsize=12)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.1, 4.4])
+    weight_label = "weight"
     m1 = _symmetric(c1)
     axes = top.subplots(1, len(c1))
     for i, ax in enumerate(axes):
         im = ax.imshow(c1[i, 0], cmap="RdBu_r", vmin=-m1, vmax=m1)
-        ax.set_title(f"filter {i}", fontsize=8)
+        ax.set_title(f"filter {i}", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
-    top.colorbar(im, ax=axes, shrink=0.9)
-    top.suptitle(f"C1: {c1.shape[0]} filters of {c1.shape[2]}x{c1.shape[3]}, one colour scale", fontsize=10)
+    top.colorbar(im, ax=axes, shrink=0.9, ticks=[-m1, 0, m1], format="{x:.2g}", label=weight_label)
+    top.suptitle(f"C1: {c1.shape[0]} filters of {c1.shape[2]}x{c1.shape[3]} over the input image", fontsize=11)
     m3 = _symmetric(c3)
-    grid = bottom.subplots(c3.shape[1], c3.shape[0], gridspec_kw={"wspace": 0.08, "hspace": 0.08})
+    grid = bottom.subplots(c3.shape[1], c3.shape[0], gridspec_kw={"wspace": 0.05, "hspace": 0.05})
     for out_map in range(c3.shape[0]):
         for in_map in range(c3.shape[1]):
             ax = grid[in_map, out_map]
             im = ax.imshow(c3[out_map, in_map], cmap="RdBu_r", vmin=-m3, vmax=m3)
             ax.set_xticks([]), ax.set_yticks([])
             if in_map == 0:
-                ax.set_title(str(out_map), fontsize=7)
+                ax.set_title(str(out_map), fontsize=9)
             if out_map == 0:
-                ax.set_ylabel(f"in {in_map}", fontsize=7)
-    bottom.colorbar(im, ax=grid, shrink=0.6)
+                ax.set_ylabel(f"S2 map {in_map}", fontsize=9, rotation=0, ha="right", va="center")
+    bottom.colorbar(im, ax=grid, shrink=0.8, ticks=[-m3, 0, m3], format="{x:.2g}", label=weight_label)
     bottom.suptitle(
-        f"C3: {c3.shape[0]} filters (columns) x {c3.shape[1]} input maps (rows), 5x5 each, one colour scale",
-        fontsize=10,
+        f"C3: {c3.shape[0]} filters (columns), each {c3.shape[2]}x{c3.shape[3]} over every one of the "
+        f"{c3.shape[1]} S2 maps (rows)",
+        fontsize=11,
     )
-    _save(fig, path)
+    save_figure(fig, path)
+    return fig
 
 
 def _map_grid(subfig, maps, title, cmap="viridis", columns=8):
-    """(C, H, W) maps on one colour scale in a grid, under one title."""
+    """(C, H, W) maps on one colour scale in a grid, under one title, with a labelled colour bar."""
     c = len(maps)
     cols = min(columns, c)
     rows = -(-c // cols)
@@ -318,59 +295,68 @@ def _map_grid(subfig, maps, title, cmap="viridis", columns=8):
             im = ax.imshow(maps[i], cmap=cmap, vmin=lo, vmax=hi)
         else:
             ax.set_axis_off()
-    subfig.colorbar(im, ax=axes, shrink=0.8, aspect=30)
+    subfig.colorbar(im, ax=axes, shrink=0.8, aspect=30, label="value (one scale for all maps here)")
     subfig.suptitle(title, fontsize=9)
 
 
 def plot_feature_maps(outputs, class_names, path, source=""):
     """One image through the network: the input, C1, S2, C3, S4, F5 and F6 as bars, the probabilities.
 
-    outputs: layer_outputs(...) of one image (each array with a batch axis of 1).
+    outputs: layer_outputs(...) of one image (each array with a batch axis of 1). Returns the Figure.
     """
     first = {k: v[0] for k, v in outputs.items()}
     probs = softmax(first["f7"].astype(np.float64))
-    fig = Figure(figsize=(12, 13), layout="constrained")
-    upper, middle, lower = fig.subfigures(3, 1, height_ratios=[2.2, 3.3, 3.2])
+    fig = Figure(figsize=(12, 12.5), layout="constrained")
+    upper, middle, lower = fig.subfigures(3, 1, height_ratios=[2.2, 3.3, 2.6])
     left, c1_fig, s2_fig = upper.subfigures(1, 3, width_ratios=[1, 1.6, 1.6])
     ax = left.subplots()
     ax.imshow(first["input"][0], cmap="gray", vmin=0, vmax=1)
     ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(f"input {tuple(first['input'].shape)}\n{source}", fontsize=9)
-    act = outputs.get("act1", outputs.get("c1"))[0]
+    act = first["act1"]
     _map_grid(c1_fig, act, f"C1 after activation {act.shape}", columns=3)
     _map_grid(s2_fig, first["s2"], f"S2 pooled {first['s2'].shape}", columns=3)
     c3_fig, s4_fig = middle.subfigures(1, 2)
-    act3 = outputs.get("act3", outputs.get("c3"))[0]
+    act3 = first["act3"]
     _map_grid(c3_fig, act3, f"C3 after activation {act3.shape}", columns=4)
     _map_grid(s4_fig, first["s4"], f"S4 pooled {first['s4'].shape}", columns=4)
-    ax5, ax6, axp = lower.subplots(3, 1, height_ratios=[1, 1, 1.6])
+    bars_fig, probs_fig = lower.subfigures(1, 2, width_ratios=[2.3, 1])
+    ax5, ax6 = bars_fig.subplots(2, 1)
     for ax, key, title in ((ax5, "act5", "F5"), (ax6, "act6", "F6")):
-        values = first.get(key, first[key.replace("act", "f")])
+        values = first[key]
         ax.bar(np.arange(len(values)), values, width=0.8, color="tab:blue")
         ax.set_xlim(-1, len(values))
         ax.set_title(f"{title} after activation {values.shape}: one bar per unit", fontsize=9)
+        ax.set_xlabel(f"{title} unit", fontsize=8)
+        ax.set_ylabel("activation", fontsize=8)
         ax.tick_params(labelsize=7)
     predicted = int(probs.argmax())
     colours = ["tab:orange" if i == predicted else "tab:gray" for i in range(len(probs))]
+    axp = probs_fig.subplots()
     axp.barh(np.arange(len(probs)), probs, color=colours)
     axp.set_yticks(np.arange(len(probs)), class_names, fontsize=8)
     axp.invert_yaxis()
     axp.set_xlim(0, 1)
+    axp.set_xlabel("probability", fontsize=8)
+    axp.tick_params(axis="x", labelsize=7)
     for i, p in enumerate(probs):
-        axp.text(min(p, 0.88) + 0.01, i, f"{p:.3f}", va="center", fontsize=7)
-    axp.set_title(f"F7 + softmax {probs.shape}: class probabilities (predicted: {class_names[predicted]})", fontsize=9)
-    _save(fig, path)
+        axp.text(min(p, 0.8) + 0.02, i, f"{p:.3f}", va="center", fontsize=7)
+    axp.set_title(f"F7 + softmax {probs.shape}\npredicted: {class_names[predicted]}", fontsize=9)
+    save_figure(fig, path)
+    return fig
 
 
 def plot_saliency(images, grads, probs, class_names, path, labels=None, sources=None):
-    """For each image: the image, d(logit of the predicted class)/d(pixels), and gradient x input.
+    """For each image: the image, d(logit of the predicted class)/d(pixels), and gradient x input. Returns the Figure.
 
-    images (N, 28, 28), grads (N, 28, 28), probs (N, 10); gradients on a colour scale symmetric about zero
-    per image (red raises the logit, blue lowers it).
+    images (N, 28, 28), grads (N, 28, 28), probs (N, 10). Each column is drawn on one colour scale, symmetric
+    about zero, so the rows compare: red raises the predicted class's score (its logit), blue lowers it.
     """
     n = len(images)
-    fig = Figure(figsize=(7.2, 2.5 * n), layout="constrained")
+    fig = Figure(figsize=(7.6, 2.5 * n + 1.6), layout="constrained")
     axes = fig.subplots(n, 3, squeeze=False)
+    gxi = grads * images
+    m_grad, m_gxi = _symmetric(grads), _symmetric(gxi)
     for i in range(n):
         predicted = int(probs[i].argmax())
         title = f"{sources[i]}\n" if sources else ""
@@ -379,18 +365,26 @@ def plot_saliency(images, grads, probs, class_names, path, labels=None, sources=
             title += f"\ntrue {class_names[int(labels[i])]}"
         axes[i, 0].imshow(images[i], cmap="gray", vmin=0, vmax=1)
         axes[i, 0].set_title(title, fontsize=8)
-        m = _symmetric(grads[i])
-        im = axes[i, 1].imshow(grads[i], cmap="RdBu_r", vmin=-m, vmax=m)
+        im_grad = axes[i, 1].imshow(grads[i], cmap="RdBu_r", vmin=-m_grad, vmax=m_grad)
         axes[i, 1].set_title("d logit / d pixel", fontsize=8)
-        fig.colorbar(im, ax=axes[i, 1], shrink=0.8)
-        gxi = grads[i] * images[i]
-        m = _symmetric(gxi)
-        im = axes[i, 2].imshow(gxi, cmap="RdBu_r", vmin=-m, vmax=m)
+        im_gxi = axes[i, 2].imshow(gxi[i], cmap="RdBu_r", vmin=-m_gxi, vmax=m_gxi)
         axes[i, 2].set_title("gradient x input", fontsize=8)
-        fig.colorbar(im, ax=axes[i, 2], shrink=0.8)
         for ax in axes[i]:
             ax.set_xticks([]), ax.set_yticks([])
-    _save(fig, path)
+    for im, column, label in (
+        (im_grad, axes[:, 1], "red: a brighter pixel here\nwould raise the score, blue: lower it"),
+        (im_gxi, axes[:, 2], "red: this pixel's ink adds to\nthe score, blue: takes from it"),
+    ):
+        bar = fig.colorbar(im, ax=column, location="bottom", shrink=0.95, aspect=15, pad=0.01)
+        bar.set_label(label, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    fig.suptitle(
+        "which pixels the predicted class's score (its logit) depends on: red raises it, blue lowers it;\n"
+        "each column on one colour scale for all images (the colour bars at the bottom)",
+        fontsize=10,
+    )
+    save_figure(fig, path)
+    return fig
 
 
 def plot_mistakes(images, probs, labels, indices, class_names, path, columns=6):
@@ -412,7 +406,7 @@ def plot_mistakes(images, probs, labels, indices, class_names, path, columns=6):
             color="firebrick",
         )
     fig.suptitle("the most confident mistakes on the test set (predicted, confidence, true class)", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_embedding(projected, ratio, labels, class_names, path):
@@ -429,4 +423,4 @@ def plot_embedding(projected, ratio, labels, class_names, path):
     legend = ax.legend(markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     for handle in legend.legend_handles:
         handle.set_alpha(1)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -66,6 +66,35 @@ def test_run_quick_writes_results_and_chart(tmp_path):
         assert re.search(rf"^{name} +\S", done.stdout, re.MULTILINE), name
     cpu = next(line for line in done.stdout.splitlines() if line.startswith("cpu "))
     assert any(isa in cpu for isa in ("AVX-512", "AVX2", "AVX,", "SSE4.2", "NEON", "SVE", "no known vector flag"))
+    # --quick says, before the table and at the end, that it is a smoke test, and prints no ratio (the CSV has them)
+    lines = done.stdout.splitlines()
+    assert re.match(r"quick +a smoke test that the script runs, not a measurement: ", lines[lines.index("") - 1])
+    assert lines[-1].startswith("--quick: a smoke test that the script runs, not a measurement")
+    table = [line.split() for line in lines if line.startswith(("numpy ", "torch "))]
+    assert len(table) == len(rows) and all(row[-3:] == ["-", "-", "-"] for row in table), table
+
+
+def test_run_and_layers_refuse_to_replace_an_earlier_runs_results_without_overwrite(tmp_path):
+    for script, files, argv in (
+        ("run.py", ["results.csv", "throughput.png"], ["--quick", "--backends", "numpy"]),
+        ("layers.py", ["layers.csv"], ["--batch-size", "4", "--repeats", "1"]),
+    ):
+        out = tmp_path / script
+        out.mkdir()
+        for name in files:
+            (out / name).write_text("an earlier run's")
+        refused = bench(script, *argv, "--out", str(out))
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert refused.stderr == (
+            f"{script}: error: {out} already holds {' and '.join(files)} of an earlier run; "
+            "replace them with --overwrite, or choose another --out\n"
+        )
+        assert refused.stdout == "", "refused before anything was timed"
+        assert all((out / name).read_text() == "an earlier run's" for name in files)
+        replaced = bench(script, *argv, "--out", str(out), "--overwrite")
+        assert replaced.returncode == 0, replaced.stderr
+        assert re.search(rf"^wrote {re.escape(str(out))}.*, replacing the earlier run's", replaced.stdout, re.M)
+        assert all((out / name).read_bytes() != b"an earlier run's" for name in files)
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
@@ -190,11 +219,15 @@ def test_layers_tiny_prints_every_layer_and_writes_csv(tmp_path):
 
 BAD_FLAGS = [
     ("run.py", "--backends", "foo"),
+    ("run.py", "--busy", "-1"),
+    ("epoch.py", "--threads", "2,0"),
     ("run.py", "--batch-sizes", "32,x"),
     ("layers.py", "--batch-size", "0"),
+    ("gpu_profile.py", "--steps", "0"),
+    ("gpu_profile.py", "--batch-sizes", "8,-1"),
 ]
 if not cupy_available():  # asking for a GPU that is not there is a bad flag too
-    BAD_FLAGS += [("run.py", "--backends", "cupy"), ("layers.py", "--backend", "cupy")]
+    BAD_FLAGS += [("run.py", "--backends", "cupy"), ("layers.py", "--backend", "cupy"), ("gpu_profile.py",)]
 
 
 @pytest.mark.parametrize("argv", BAD_FLAGS, ids=" ".join)
@@ -214,5 +247,140 @@ def test_epoch_benchmark_runs_on_a_slice_of_the_real_data():
     )
     assert done.returncode == 0, done.stderr
     assert "320 training images" in done.stdout
-    ratio = [line for line in done.stdout.splitlines() if line.startswith("ratio real / predicted")]
+    ratio = [line for line in done.stdout.splitlines() if line.strip().startswith("ratio real / predicted")]
     assert len(ratio) == 1 and float(ratio[0].split()[-1]) > 0
+    assert re.search(r"^busy +none", done.stdout, re.MULTILINE)
+
+
+def test_epoch_benchmark_sets_worker_counts_side_by_side_under_busy_neighbours():
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    args = ["--limit", "200", "--repeats", "1", "--step-seconds", "0.1", "--threads", "1,2", "--busy", "1"]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/epoch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    pids = neighbour_pids(done.stdout)
+    assert len(pids) == 1 and not any(map(running, pids))
+    assert re.search(r"^threads 2", done.stdout, re.MULTILINE) and re.search(r"^threads 1$", done.stdout, re.MULTILINE)
+    assert len(re.findall(r"^  ratio real / predicted +[\d.]+$", done.stdout, re.MULTILINE)) == 2
+    assert re.search(r"^  epoch / threads 1's +[\d.]+$", done.stdout, re.MULTILINE)
+
+
+# -- busy neighbours (--busy N) -----------------------------------------------------------------------------------
+def neighbour_pids(stdout):
+    """The neighbours' process ids from a benchmark's `busy` header line."""
+    line = next(line for line in stdout.splitlines() if line.startswith("busy "))
+    return [int(pid) for pid in re.search(r"\(pid ([\d, ]+)\)", line)[1].split(", ")]
+
+
+def running(pid):
+    """Whether process `pid` exists and is not a zombie (one that ended, its parent not told yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def cpu_seconds(pid):
+    """User and system CPU time of process `pid` so far (/proc/PID/stat's utime and stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+
+
+@needs_proc
+@pytest.mark.parametrize("ending", ["normally", "by Ctrl-C", "by an error"])
+def test_busy_neighbours_burn_cpu_within_and_are_gone_after(monkeypatch, ending):
+    import time
+
+    common = benchmark_module("common", monkeypatch)
+    stop = {"normally": None, "by Ctrl-C": KeyboardInterrupt, "by an error": RuntimeError}[ending]
+    try:
+        with common.busy_neighbours(2) as neighbours:
+            pids = [p.pid for p in neighbours]
+            assert len(set(pids)) == 2 and all(map(running, pids))
+            before = [cpu_seconds(pid) for pid in pids]
+            time.sleep(0.5)
+            assert all(cpu_seconds(pid) - b > 0.05 for pid, b in zip(pids, before, strict=True))  # busy, not asleep
+            assert all(os.getsid(pid) != os.getsid(0) for pid in pids)  # a terminal's Ctrl-C reaches only us
+            if stop:
+                raise stop
+    except (KeyboardInterrupt, RuntimeError) as e:
+        assert type(e) is stop
+    assert not any(map(running, pids))
+
+
+def test_busy_neighbours_end_by_themselves_when_their_benchmark_is_killed(tmp_path):
+    """kill -9 leaves the benchmark no chance to stop them: each sees its parent gone and ends."""
+    import signal
+    import time
+
+    script = (
+        "import sys, time; sys.path.insert(0, 'benchmarks'); from common import busy_neighbours\n"
+        "with busy_neighbours(1) as n:\n    print(n[0].pid, flush=True); time.sleep(60)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True) as parent:
+        pid = int(parent.stdout.readline())
+        assert running(pid)
+        parent.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(pid)
+
+
+@needs_proc
+def test_run_times_every_backend_with_the_neighbours_running_and_stops_them(monkeypatch, tmp_path, capsys):
+    run = benchmark_module("run", monkeypatch)
+    real_measure, real_neighbours, seen = run.measure, run.busy_neighbours, []
+
+    def started(n):
+        context = real_neighbours(n)
+        neighbours = context.__enter__()
+        seen.append(neighbours)
+
+        class Context:
+            def __enter__(self):
+                return neighbours
+
+            def __exit__(self, *exc):
+                return context.__exit__(*exc)
+
+        return Context()
+
+    def measure(steps, *args):
+        assert seen and all(running(p.pid) for p in seen[0])  # every backend is timed beside the neighbours
+        return real_measure(steps, *args)
+
+    monkeypatch.setattr(run, "busy_neighbours", started)
+    monkeypatch.setattr(run, "measure", measure)
+    run.main(["--quick", "--busy", "2", "--backends", "numpy", "--out", str(tmp_path)])
+    assert len(seen[0]) == 2 and not any(running(p.pid) for p in seen[0])
+    header = capsys.readouterr().out
+    assert re.search(r"^busy +2 busy neighbour processes, each a plain Python busy loop", header, re.MULTILINE)
+    assert sorted(neighbour_pids(header)) == sorted(p.pid for p in seen[0])
+
+
+@needs_proc
+def test_ctrl_c_stops_the_benchmark_and_its_neighbours_in_one_line():
+    import signal
+    import time
+
+    argv = ["--busy", "1", "--backends", "numpy", "--batch-sizes", "8", "--repeats", "1000", "--min-time", "1"]
+    command = [sys.executable, "benchmarks/run.py", *argv, "--out", os.devnull]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as bench_run:
+        lines = []
+        while not (lines and lines[-1].startswith("backend ")):  # the table's head: the timing starts
+            lines.append(bench_run.stdout.readline())
+            assert lines[-1], "".join(lines) + bench_run.stderr.read()
+        pids = neighbour_pids("".join(lines))
+        assert len(pids) == 1 and running(pids[0])
+        time.sleep(1)  # well into the first 1000 repetitions of a second
+        bench_run.send_signal(signal.SIGINT)
+        err = bench_run.communicate(timeout=60)[1]
+    assert bench_run.returncode == 130 and err.strip() == "run.py: stopped by Ctrl-C", err
+    assert not running(pids[0])

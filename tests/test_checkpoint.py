@@ -1,4 +1,3 @@
-import dataclasses
 import io
 import json
 import os
@@ -12,16 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
+from helpers import random_model
 
 import lenet
-from lenet.checkpoint import META_KEY, check_resume_state, load_checkpoint, model_from_checkpoint, save_checkpoint
+from lenet.checkpoint import META_KEY, load_checkpoint, model_from_checkpoint, save_checkpoint
 from lenet.errors import LenetError
 from lenet.files import atomic_write
 from lenet.layers import SoftmaxCrossEntropy
 from lenet.model import LeNet5
 from lenet.optim import SGD, Adam
-from lenet.trainer import TrainConfig, make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,20 +38,7 @@ TORCH_SHAPES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_blas_thread():
-    """On a busy machine OpenBLAS's spinning threads made these small steps 100x slower; results are the same."""
-    with threadpool_limits(1, user_api="blas"):
-        yield
-
-
-def random_model(activation="sigmoid", pool="avg", dtype="float32", seed=7):
-    """A model whose every weight, biases included, differs from a fresh LeNet5's."""
-    model = LeNet5(activation, pool, dtype=dtype, seed=seed)
-    rng = np.random.default_rng(seed)
-    for _, p in model.named_parameters():
-        p.data[...] += rng.normal(0, 0.1, size=p.data.shape).astype(p.data.dtype)
-    return model
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def images(n=8, dtype="float32", seed=0):
@@ -264,6 +249,31 @@ def test_atomic_write_failure_keeps_the_old_file_and_removes_the_temporary(tmp_p
     assert leftovers(tmp_path, {path.name}) == []
 
 
+def test_atomic_write_interrupted_as_its_temporary_is_created_leaves_none(tmp_path, monkeypatch):
+    """A Ctrl-C or SIGTERM raised the moment os.open returns (a busy disk can hold it long) removes the temporary; a
+    temporary of the same name that another writer made is left to it."""
+    path = tmp_path / "last.npz"
+    path.write_text("old\n")
+    real_open = os.open
+
+    def open_then_interrupted(*args, **kwargs):
+        real_open(*args, **kwargs)  # the file exists, and the signal's handler raises before its fd is kept
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "open", open_then_interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic_write(path, "w"):
+        pytest.fail("the body ran")
+    monkeypatch.setattr(os, "open", real_open)
+    assert path.read_text() == "old\n" and leftovers(tmp_path, {path.name}) == []
+
+    monkeypatch.setattr("lenet.files.secrets.token_hex", lambda n: "ab" * n)
+    theirs = tmp_path / f".last.npz.{'ab' * 6}.tmp"
+    theirs.write_text("another writer's")
+    with pytest.raises(FileExistsError), atomic_write(path, "w"):
+        pytest.fail("the body ran")
+    assert theirs.read_text() == "another writer's"
+
+
 def test_atomic_write_replaces_and_creates_folders(tmp_path):
     path = tmp_path / "a" / "b" / "history.csv"
     for text in ("first\n", "second\n"):
@@ -468,11 +478,12 @@ CRAFTED = {
     "dataset unknown": (lambda: meta_with(dataset="cifar"), "dataset must be one of fashion-mnist, mnist, not 'cifar'"),
     "class_names of 9": (lambda: meta_with(class_names=list("abcdefghi")), "class_names must be a list of 10 strings"),
     "class_names numbers": (lambda: meta_with(class_names=list(range(10))), "class_names must be a list of 10"),
-    "epoch 1.5": (lambda: meta_with(epoch=1.5), "epoch must be a whole number >= 1, not 1.5"),
-    "epoch 0": (lambda: meta_with(epoch=0), "epoch must be a whole number >= 1, not 0"),
-    "epoch a string": (lambda: meta_with(epoch="3"), "epoch must be a whole number >= 1, not '3'"),
-    "epoch true": (lambda: meta_with(epoch=True), "epoch must be a whole number >= 1, not True"),
-    "epoch a dict": (lambda: meta_with(epoch={"n": 1}), "epoch must be a whole number >= 1, not {'n': 1}"),
+    "epoch 1.5": (lambda: meta_with(epoch=1.5), "epoch must be a whole number >= 0, not 1.5"),
+    "epoch -1": (lambda: meta_with(epoch=-1), "epoch must be a whole number >= 0, not -1"),
+    "epoch a string": (lambda: meta_with(epoch="3"), "epoch must be a whole number >= 0, not '3'"),
+    "epoch true": (lambda: meta_with(epoch=True), "epoch must be a whole number >= 0, not True"),
+    "epoch a dict": (lambda: meta_with(epoch={"n": 1}), "epoch must be a whole number >= 0, not {'n': 1}"),
+    "val_acc null after epoch 3": (lambda: meta_with(epoch=3, val_acc=None), "val_acc must be a number from 0 to 1"),
     "val_acc a string": (lambda: meta_with(val_acc="0.9"), "val_acc must be a number from 0 to 1, not '0.9'"),
     "val_acc 1.5": (lambda: meta_with(val_acc=1.5), "val_acc must be a number from 0 to 1, not 1.5"),
     "val_acc NaN": (lambda: meta_zip('{"val_acc": NaN}'), "val_acc must be a number from 0 to 1, not nan"),
@@ -524,131 +535,6 @@ def test_the_crafted_files_differ_from_a_good_one_only_where_meant(tmp_path):
     assert np.array_equal(model_from_checkpoint(path)[0].forward(images()), random_model().forward(images()))
     np.savez_compressed(path, **random_model().state_dict(), lenet_meta=np.array(json.dumps({"epoch": 1})))
     assert set(load_checkpoint(path)[0]) == set(TORCH_SHAPES)  # numpy's own compressed form
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The resume state of last.npz, checked against a schema
-
-
-def resume_state(optimizer="adam"):
-    """(meta, optimizer_state) as fit saves them in last.npz after two epochs."""
-    config = {
-        k: v for k, v in dataclasses.asdict(TrainConfig(optimizer=optimizer)).items() if k not in ("resume", "progress")
-    }
-    model = random_model()
-    opt = make_optimizer(TrainConfig(optimizer=optimizer), model)
-    x, y = images(4), np.arange(4)
-    loss_fn = SoftmaxCrossEntropy()
-    loss_fn.forward(model.forward(x), y)
-    model.backward(loss_fn.backward())
-    opt.step()
-    rng = np.random.default_rng([0, 1])
-    rng.random(3)
-    meta = {
-        "epoch": 2,
-        "val_acc": 0.5,
-        "best_val_acc": 0.5,
-        "history": [[1, 2.1, 0.3, 2.0, 0.4, 1.5], [2, 1.9, 0.45, 1.8, 0.5, 1.4]],
-        "rng_state": json.loads(json.dumps(rng.bit_generator.state)),
-        "train_config": config,
-    }
-    return meta, opt.state_dict()
-
-
-def edited(change, optimizer="adam"):
-    meta, state = resume_state(optimizer)
-    change(meta, state)
-    return meta, state
-
-
-RESUME_EDITS = {
-    "epoch a dict": (lambda m, s: m.update(epoch={"n": 2}), "epoch must be a whole number >= 1"),
-    "epoch 1.5": (lambda m, s: m.update(epoch=1.5), "epoch must be a whole number >= 1, not 1.5"),
-    "history not a list": (lambda m, s: m.update(history="1,2"), "history must be a list of 1 to 2 rows"),
-    "history longer than the epochs": (lambda m, s: m["history"].append(m["history"][-1]), "history must be a list"),
-    "history row of 5": (lambda m, s: m["history"][1].pop(), "history[1] must be 6 finite numbers"),
-    "history row of strings": (lambda m, s: m["history"].__setitem__(0, list("abcdef")), "history[0] must be 6"),
-    "history with NaN": (lambda m, s: m["history"][0].__setitem__(3, float("nan")), "history[0] must be 6 finite"),
-    "history out of order": (lambda m, s: m["history"].reverse(), "history[1] must be a row of an epoch after 2"),
-    "history epoch 1.0": (lambda m, s: m["history"][0].__setitem__(0, 1.0), "history[0] must be a row of an epoch"),
-    "history behind the epoch": (lambda m, s: m.update(epoch=3), "history must be rows up to epoch 3"),
-    "best_val_acc a string": (lambda m, s: m.update(best_val_acc="0.5"), "best_val_acc must be a number from 0 to 1"),
-    "rng_state of MT19937": (lambda m, s: m["rng_state"].update(bit_generator="MT19937"), "rng_state.bit_generator"),
-    "rng_state a list": (lambda m, s: m.update(rng_state=[1, 2]), "rng_state must be an object with bit_generator"),
-    "rng_state.state.state negative": (lambda m, s: m["rng_state"]["state"].update(state=-1), "rng_state.state.state"),
-    "rng_state.state.inc even": (lambda m, s: m["rng_state"]["state"].update(inc=2), "state.inc must be an odd"),
-    "rng_state.has_uint32 2": (lambda m, s: m["rng_state"].update(has_uint32=2), "rng_state.has_uint32 must be 0 or 1"),
-    "train_config a list": (lambda m, s: m.update(train_config=[]), "train_config must be an object"),
-    "train_config unknown option": (lambda m, s: m["train_config"].update(depth=3), "train_config.'depth' is not an"),
-    "train_config.lr a string": (lambda m, s: m["train_config"].update(lr="0.1"), "train_config.lr must be a positive"),
-    "train_config.batch_size 2.5": (lambda m, s: m["train_config"].update(batch_size=2.5), "train_config.batch_size"),
-    "train_config.augment 1": (lambda m, s: m["train_config"].update(augment=1), "train_config.augment must be one of"),
-    "train_config.augment rotate": (
-        lambda m, s: m["train_config"].update(augment="rotate"),
-        "train_config.augment must be one of none, shift, affine",
-    ),
-    "train_config.epochs null": (lambda m, s: m["train_config"].update(epochs=None), "train_config.epochs must be a"),
-    "train_config.optimizer rmsprop": (lambda m, s: m["train_config"].update(optimizer="rmsprop"),
-                                       "train_config.optimizer must be one of sgd, adam"),
-    "train_config.val_fraction 1": (lambda m, s: m["train_config"].update(val_fraction=1), "train_config.val_fraction"),
-    "train_config.limit 1": (lambda m, s: m["train_config"].update(limit=1), "train_config.limit must be a whole"),
-    "train_config.data_dir a number": (lambda m, s: m["train_config"].update(data_dir=3), "train_config.data_dir must"),
-    "threads -3": (lambda m, s: m["train_config"].update(threads=-3), "train_config.threads must be a whole number"),
-    "threads 100,000,000": (lambda m, s: m["train_config"].update(threads=10**8), "from 1 to 1024 or null"),
-    "optimizer array of the wrong shape": (lambda m, s: s.update({"m.3": np.zeros(5, np.float32)}),
-                                           "optimizer/m.3 must be a float array of shape (16,)"),
-    "optimizer array of another optimizer": (lambda m, s: s.update({"velocity.0": np.zeros((6, 1, 5, 5))}),
-                                             "optimizer/velocity.0 must be absent"),
-    "optimizer arrays half there": (lambda m, s: s.pop("v.9"), "optimizer/v.* must be one array per parameter"),
-    "negative step count": (lambda m, s: s.update(steps=np.array(-1)), "optimizer/steps must be a whole number >= 0"),
-    "step count a float": (lambda m, s: s.update(steps=np.array(1.5)), "optimizer/steps must be a whole number"),
-    "lr zero": (lambda m, s: s.update(lr=np.array(0.0)), "optimizer/lr must be a positive number"),
-    "lr infinite": (lambda m, s: s.update(lr=np.array(np.inf)), "optimizer/lr must be a positive number"),
-    "no rng_state": (lambda m, s: m.pop("rng_state"), "(missing: rng_state)"),
-    "no step count": (lambda m, s: s.pop("steps"), "(missing: optimizer state)"),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("case", list(RESUME_EDITS))
-def test_resume_state_is_checked_field_by_field(case):
-    change, expected = RESUME_EDITS[case]
-    meta, state = edited(change)
-    with pytest.raises(LenetError) as info:
-        check_resume_state(meta, state, "runs/x/last.npz")
-    message = str(info.value)
-    assert message.startswith("runs/x/last.npz is not a resumable checkpoint"), message
-    assert expected in message, message
-    assert "\n" not in message
-
-
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_the_resume_state_fit_saves_passes_through_a_checkpoint(tmp_path, optimizer):
-    meta, state = resume_state(optimizer)
-    path = tmp_path / "last.npz"
-    save_checkpoint(path, random_model(), meta, state)
-    _, loaded_meta, loaded_state = load_checkpoint(path)
-    assert check_resume_state(loaded_meta, loaded_state, path) is None
-    assert set(loaded_state) == set(state)
-    # The config it holds is one that TrainConfig takes and passes.
-    TrainConfig(**loaded_meta["train_config"]).check()
-
-
-def test_the_schema_covers_every_option_of_train_config():
-    from lenet.checkpoint import _train_config_ranges
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert set(_train_config_ranges()) == fields, "give each new TrainConfig field its range in checkpoint.py"
-
-
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST is not installed")
-def test_the_last_checkpoint_of_a_real_run_passes_the_schema(tmp_path):
-    from lenet.trainer import fit
-
-    config = TrainConfig(epochs=2, limit=64, batch_size=16, threads=1, progress=False, out=str(tmp_path))
-    fit(config, log=lambda *args: None)
-    _, meta, state = load_checkpoint(tmp_path / "last.npz")
-    assert check_resume_state(meta, state, tmp_path / "last.npz") is None
-    assert meta["epoch"] == 2 and len(meta["history"]) == 2 and int(state["steps"]) == 2 * 4
 
 
 # ---------------------------------------------------------------------------------------------------------

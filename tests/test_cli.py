@@ -7,36 +7,20 @@ import io
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_train import needs_data  # the real data set, or why the tests that need it skip
+from helpers import REPO, needs_data
 
 import lenet.commands.test
 import lenet.commands.train
+from lenet.backend import cupy_available
 from lenet.cli import invocation, program_name, shown_python
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180
-
-
-@pytest.fixture(scope="module")
-def offline_env():
-    """The environment for the commands: one BLAS thread, no download that reaches the network, no
-    PYTHONUNBUFFERED or TQDM_DISABLE from the caller (the tests below are about what those change)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))  # bound, never listening: every connection to it is refused at once
-        env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "all_proxy")}
-        for name in ("http_proxy", "https_proxy"):
-            env[name] = env[name.upper()] = f"http://127.0.0.1:{s.getsockname()[1]}"
-        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        for name in ("PYTHONUNBUFFERED", "TQDM_DISABLE", "LENET_DATA"):
-            env.pop(name, None)
-        yield env
 
 
 def run(args, env, cwd=REPO, shell=False):
@@ -232,7 +216,8 @@ class Terminal(io.StringIO):
     ids=["terminal", "--no-progress", "TQDM_DISABLE=1", "not a terminal"],
 )
 def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, progress, tqdm_disable, terminal, bar):
-    from lenet.trainer import TrainConfig, fit
+    from lenet.options import TrainConfig
+    from lenet.trainer import fit
 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     if tqdm_disable:
@@ -294,3 +279,47 @@ def test_redirected_log_has_one_line_per_epoch_as_it_happens(tmp_path, offline_e
     assert "\r" not in text
     assert [line.split()[1] for line in text.splitlines() if re.match(r"epoch +\d+/2 ", line)] == ["1/2", "2/2"]
     assert "fashion-mnist: 240 training and 60 validation images" in text  # --limit 300, split 80/20
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Run by a Python that lacks lenet's packages
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "train.py",
+        "test.py",
+        "demo.py",
+        "visualize.py",
+        "benchmarks/run.py",
+        "benchmarks/epoch.py",
+        "benchmarks/layers.py",
+        "benchmarks/gpu_profile.py",
+    ],
+)
+def test_a_python_without_lenets_packages_gets_the_setup_command(script):
+    """`python3 train.py` with the machine's own Python (no NumPy, no tqdm there): one line naming the missing
+    package and the command that sets up the environment, exit 2, no traceback. -S leaves site-packages out."""
+    result = subprocess.run(
+        [sys.executable, "-S", script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert "Traceback" not in result.stderr and result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"{Path(script).name}: No module named ") and sys.executable in line, line
+    assert "python3 -m venv .venv && .venv/bin/pip install -e ." in line and f".venv/bin/python {script}" in line
+
+
+@pytest.mark.skipif(cupy_available(), reason="a GPU is present: its cases run instead of skipping")
+def test_the_suites_gpu_cases_skip_in_one_line():
+    """Where no GPU answers, the CuPy cases of a test run are one line of the summary, not one line per case."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_optim.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    gpu_lines = [line for line in result.stdout.splitlines() if "CuPy" in line]
+    assert len(gpu_lines) == 1 and re.match(r"SKIPPED \d+ GPU cases: ", gpu_lines[0]), result.stdout[-3000:]

@@ -7,17 +7,15 @@ import socket
 import threading
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import FILE_NAMES, SYSTEM_FASHION, dataset_arrays, idx_bytes
 
-import lenet.data
+import lenet.data.download
 from lenet.backend import to_numpy
 from lenet.data import (
     DATASETS,
-    IDX_TYPES,
-    SPLIT_FILES,
     DatasetInfo,
     find_dataset,
     iterate_batches,
@@ -29,29 +27,13 @@ from lenet.data import (
 )
 from lenet.errors import LenetError
 
-SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
-FILE_NAMES = [name for split in SPLIT_FILES.values() for name in split]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Helpers: small IDX files and data sets of our own
 
 
-def idx_bytes(array, type_code=0x08):
-    array = np.asarray(array)
-    header = bytes([0, 0, type_code, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(IDX_TYPES[type_code]).tobytes()
-
-
 def tiny_arrays(seed=0, n_train=10, n_test=6, size=4):
     """The four arrays of a tiny data set, keyed by file name: uint8 images (N, size, size), labels 0..2."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        images_name, labels_name = SPLIT_FILES[split]
-        arrays[images_name] = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
-        arrays[labels_name] = rng.integers(0, 3, size=n, dtype=np.uint8)
-    return arrays
+    return dataset_arrays(seed, n_train, n_test, size, classes=3)
 
 
 def tiny_files(arrays):
@@ -565,7 +547,7 @@ def test_download_that_sends_too_much_is_cut_off(server, tmp_path, how):
 @pytest.mark.parametrize("header_first", [True, False], ids=["trickling body", "trickling headers"])
 def test_download_that_trickles_is_given_up_at_the_deadline(server, tmp_path, monkeypatch, header_first):
     """A byte every 50 ms never trips the per-read timeout; the deadline for the whole file ends it."""
-    monkeypatch.setattr(lenet.data, "DOWNLOAD_DEADLINE_S", 0.5)
+    monkeypatch.setattr(lenet.data.download, "DOWNLOAD_DEADLINE_S", 0.5)
     files = tiny_files(tiny_arrays())
     info = sized_info(files, serve(server, "slow", files))
     outcome = {"done": threading.Event()}

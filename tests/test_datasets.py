@@ -3,18 +3,16 @@
 import dataclasses
 import gzip
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data import idx_bytes
+from helpers import FILE_NAMES, SYSTEM_FASHION, dataset_arrays, idx_bytes
 
 from lenet.backend import to_numpy
 from lenet.data import (
     AUGMENT_MIRROR,
     DATASETS,
     MNIST,
-    SPLIT_FILES,
     FashionMNIST,
     affine_warp,
     augment,
@@ -25,8 +23,6 @@ from lenet.data import (
 )
 from lenet.errors import LenetError
 
-SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
-FILE_NAMES = [name for split in SPLIT_FILES.values() for name in split]
 pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: no user cache, no proxy, a cwd of its own
 
 
@@ -36,13 +32,7 @@ pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: no user c
 
 def small_arrays(seed=0, n_train=10, n_test=6, size=28):
     """The four arrays of a small data set, keyed by published file name: uint8 images, labels 0..9."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        images_name, labels_name = SPLIT_FILES[split]
-        arrays[images_name] = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
-        arrays[labels_name] = rng.integers(0, 10, size=n, dtype=np.uint8)
-    return arrays
+    return dataset_arrays(seed, n_train, n_test, size)
 
 
 def write_files(folder, arrays, compress=True):

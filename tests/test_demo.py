@@ -1,7 +1,7 @@
 """demo.py: the JSON API (bad requests, paths, the body cap, concurrency) and the page in a real headless browser.
 
-Run as a program, this file also takes the README's screenshot and prints the latency:
-    python tests/test_demo.py --checkpoint runs/default/best_model.npz --screenshot docs/demo.png
+Run as a program, this file also takes a screenshot of the page with a drawing and prints the latency (docs/demo.md):
+    .venv/bin/python tests/test_demo.py --checkpoint runs/fashion-mnist/best_model.npz --screenshot docs/demo.png
 """
 
 import base64
@@ -9,32 +9,37 @@ import http.client
 import io
 import json
 import os
-import shutil
-import signal
+import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from demo_helpers import (
+    CANVAS_IS_NOT_BLANK,
+    CLASS_NAMES,
+    FASHION,
+    META,
+    ROOT,
+    browser_missing,
+    demo_process,
+    draw_stroke,
+    headless_chromium,
+    latency_line,
+    page_ready,
+    require_browser_and_data,
+    wait_for,
+)
 from PIL import Image
 
 from lenet import LeNet5
 from lenet import visualize as vis
 from lenet.checkpoint import save_checkpoint
-from lenet.data import get_dataset_info
-from lenet.demo import MAX_BODY, DemoServer, Inspector
-
-ROOT = Path(__file__).resolve().parent.parent
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-CLASS_NAMES = list(get_dataset_info("fashion-mnist").class_names)
-META = {"dataset": "fashion-mnist", "class_names": CLASS_NAMES, "epoch": 3, "val_acc": 0.5}
-
+from lenet.demo import MAX_BODY, DemoServer
+from lenet.inspector import Inspector
 
 # -- the API, on a server in this process ---------------------------------------------------------
 
@@ -298,32 +303,6 @@ def write_checkpoint(folder, seed=0):
     return path
 
 
-@contextmanager
-def demo_process(checkpoint, data_dir=FASHION):
-    """Start demo.py on a free port; yield its URL; stop it with Ctrl-C (SIGINT) and check that it stopped cleanly."""
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "demo.py"), "--checkpoint", str(checkpoint), "--port", "0"]
-        + ["--data-dir", str(data_dir)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert " on http://127.0.0.1:" in line, line + proc.stderr.read()
-        yield line.split(" on ")[1].split()[0]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
-
-
 def run_demo(*args):
     return subprocess.run(
         [sys.executable, str(ROOT / "demo.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=60
@@ -331,8 +310,10 @@ def run_demo(*args):
 
 
 def test_demo_bad_input_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "a-file").write_text("not a run folder")
     for args, words in (
         (["--checkpoint", str(tmp_path / "none.npz")], "no such file"),
+        (["--run", str(tmp_path / "a-file")], "not a folder"),
         (["--port", "70000"], "0..65535"),
         (["--port", "x"], "invalid int value"),
     ):
@@ -345,6 +326,29 @@ def test_demo_bad_input_is_one_line_and_exit_2(tmp_path):
 needs_fashion = pytest.mark.skipif(
     not (FASHION / "t10k-labels-idx1-ubyte.gz").exists(), reason=f"Fashion-MNIST is not installed in {FASHION}"
 )
+
+
+@needs_fashion
+def test_demo_on_a_busy_port_names_port_and_port_0_finds_a_free_one(tmp_path):
+    checkpoint = write_checkpoint(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        result = run_demo("--checkpoint", str(checkpoint), "--data-dir", str(FASHION), "--port", str(taken))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert lines[0] == (
+            f"demo.py: error: cannot listen on 127.0.0.1:{taken}: Address already in use; "
+            "choose another with --port N, or --port 0 for any free one"
+        )
+        with demo_process(checkpoint) as url:  # --port 0, while the other port is still taken
+            port = int(url.rstrip("/").rsplit(":", 1)[1])
+            assert url == f"http://127.0.0.1:{port}/" and port not in (0, taken), url
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            conn.request("GET", "/api/info")
+            assert json.loads(conn.getresponse().read())["dataset"] == "fashion-mnist"
+            conn.close()
 
 
 @needs_fashion
@@ -361,83 +365,15 @@ def test_demo_serves_and_stops_on_ctrl_c(tmp_path):
 # -- the page in a real browser ----------------------------------------------------------------------
 
 
-def browser_missing():
-    """Why the browser test cannot run here, or None."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install -e '.[dev]')"
-    for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        if not Path(binary).exists():
-            return f"{binary} is missing (apt-get install chromium chromium-driver)"
-    return None
-
-
-@contextmanager
-def headless_chromium(width=1400, height=1000):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="lenet-chromium-")
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-        f"--window-size={width},{height}",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def wait_for(driver, script, timeout=20):
-    """Poll a JavaScript expression until it is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = driver.execute_script(f"return {script};")
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for: {script}")
-
-
-def draw_stroke(driver, points):
-    """Press at points[0] (pixels from the pad's centre), move through the others, release."""
-    from selenium.webdriver.common.action_chains import ActionChains
-
-    pad = driver.find_element("id", "pad")
-    chain = ActionChains(driver, duration=10).move_to_element_with_offset(pad, *points[0]).click_and_hold()
-    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
-        chain = chain.move_by_offset(x1 - x0, y1 - y0)
-    chain.release().perform()
-
-
-CANVAS_IS_NOT_BLANK = """
-const canvases = document.querySelectorAll(arguments[0]);
-if (canvases.length === 0) return false;
-for (const c of canvases) {
-  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-  let differs = false;
-  for (let i = 4; i < d.length; i += 4) {
-    if (d[i] !== d[0] || d[i + 1] !== d[1] || d[i + 2] !== d[2]) { differs = true; break; }
-  }
-  if (!differs) return false;
-}
-return true;
-"""
+def test_the_browser_tests_skip_reason_says_how_to_install_the_browser(tmp_path):
+    if browser_missing(()):
+        pytest.skip(browser_missing(()))  # no selenium: that reason names its own command
+    present, missing = tmp_path / "chromium", tmp_path / "chromedriver"
+    present.write_text("a browser")
+    reason = browser_missing((str(present), str(missing)))
+    assert f"; {missing} missing: " in reason, reason  # only what is missing is named
+    assert reason.endswith("on Debian/Ubuntu install them with: sudo apt-get install chromium chromium-driver")
+    assert browser_missing((str(present),)) is None
 
 
 def bars(driver):
@@ -473,18 +409,20 @@ TROUSERS = trousers()
 
 
 def test_page_in_a_headless_browser(tmp_path):
-    reason = browser_missing()
-    if reason and os.environ.get("LENET_REQUIRE_BROWSER"):  # set by .ci/run: CI installs the browser
-        pytest.fail(reason)
-    if reason:
-        pytest.skip(reason)
-    if not (FASHION / "t10k-labels-idx1-ubyte.gz").exists():
-        pytest.skip(f"Fashion-MNIST is not installed in {FASHION}")
-    checkpoint = write_checkpoint(tmp_path, seed=5)
+    require_browser_and_data()
+    checkpoint = write_checkpoint(tmp_path, seed=5)  # a run folder from before epoch records: no epochs/
     with demo_process(checkpoint) as url, headless_chromium() as driver:
-        driver.get(url)
-        wait_for(driver, "document.body.dataset.ready === '1'")
+        page_ready(driver, url)  # the first screen: test image #0 already through the network
         assert "fashion-mnist" in driver.find_element("id", "meta").text
+        assert driver.find_element("id", "source").get_attribute("data-index") == "0"
+        assert driver.find_element("id", "prediction").text in CLASS_NAMES
+        for selector in ("#input", "#c1 canvas", "#c3 canvas", "#saliency", "#chain canvas", "#im2col-cols"):
+            assert driver.execute_script(CANVAS_IS_NOT_BLANK, selector), f"{selector} is blank on the first screen"
+        assert "outline drawing of trousers reads as a dress" in driver.find_element("id", "about-data").text
+        # The run folder from before this change still serves: no slider, and a line that says why.
+        wait_for(driver, "document.getElementById('epochs-panel').dataset.available === '0'")
+        assert "no epoch records" in driver.find_element("id", "epochs-status").text
+        assert not driver.find_element("id", "epochs-body").is_displayed()
         latencies = stroke_latencies(driver, TROUSERS)
         rows = bars(driver)
         assert [int(k) for k, _ in rows] == list(range(10)), "a bar for every class"
@@ -514,13 +452,13 @@ def predict_like_test_py(checkpoint, index, data_dir=FASHION):
     from lenet.backend import to_numpy
     from lenet.checkpoint import model_from_checkpoint
     from lenet.data import load_dataset
-    from lenet.fast import DataParallel, default_threads
+    from lenet.fast import DataParallel, default_threads, fuse
     from lenet.trainer import predict
 
     model, meta = model_from_checkpoint(checkpoint)
     images, _, _ = load_dataset(meta["dataset"], "test", data_dir=data_dir)
     images = images.astype(model.dtype)
-    runner = DataParallel(model, default_threads(np))
+    runner = DataParallel(fuse(model), default_threads(np), processes=False)
     predicted = to_numpy(predict(runner.forward, images))
     runner.close()
     probs = vis.softmax(model.forward(images[index : index + 1]).astype(np.float64))[0]
@@ -530,8 +468,7 @@ def predict_like_test_py(checkpoint, index, data_dir=FASHION):
 def take_screenshot(checkpoint, path, data_dir):
     """Draw trousers on the page served for `checkpoint`, save a screenshot, print the latencies."""
     with demo_process(checkpoint, data_dir) as url, headless_chromium(1250, 720) as driver:
-        driver.get(url)
-        wait_for(driver, "document.body.dataset.ready === '1'")
+        page_ready(driver, url)
         latencies = stroke_latencies(driver, TROUSERS)
         for _ in range(3):  # more strokes for the latency figure
             driver.find_element("id", "clear").click()
@@ -541,8 +478,7 @@ def take_screenshot(checkpoint, path, data_dir):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.open(io.BytesIO(png)).convert("RGB").save(path, optimize=True)
     print(f"wrote {path}; the page answered {answer!r}")
-    print(f"stroke end -> updated bars, {len(latencies)} strokes: median {np.median(latencies):.1f} ms, ")
-    print(f"  min {min(latencies):.1f}, max {max(latencies):.1f} ms; machine: {os.cpu_count()} cores")
+    print(latency_line("stroke end -> every panel updated", latencies) + f"; machine: {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@
 Slow (a build with its own setuptools, a venv, a short training run): the builds run once per module.
 The fresh venv installs lenet alone (--no-deps) and reaches numpy, pandas, ... through a .pth file
 naming this environment's site-packages, so nothing is downloaded but the build's setuptools.
+Both build from a copy of the checkout in a temporary folder: setuptools writes build/ and lenet.egg-info/
+into the folder it builds, and a test suite must leave the checkout as it found it.
 """
 
 import importlib.util
-import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -20,9 +20,8 @@ import venv
 from pathlib import Path
 
 import pytest
-from test_train import MISSING_DATA  # the real data set, or why the tests that need it skip
+from helpers import MISSING_DATA, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 _BUILD = importlib.util.find_spec("build")
 HAS_BUILD = _BUILD is not None and _BUILD.origin is not None  # not the checkout's own build/ folder
@@ -43,15 +42,48 @@ def tracked_files(*folders):
 
 
 def untracked_files():
-    done = run(["git", "status", "--porcelain", "--untracked-files=all"], REPO)
-    return {line[3:] for line in done.stdout.splitlines() if line.startswith("?? ")}
+    """What git shows in the checkout beyond its tracked files: new files and ignored ones (build/, ...)."""
+    done = run(["git", "status", "--porcelain", "--ignored", "--untracked-files=normal"], REPO)
+    return {line[3:] for line in done.stdout.splitlines() if line.startswith(("?? ", "!! "))}
+
+
+# What a copy of the checkout leaves out where git cannot say (an unpacked sdist): these top-level folders
+# (lenet/data/ is part of the package), egg-info and __pycache__ folders.
+NOT_COPIED = {".git", ".venv", "build", "dist", "data", "runs", "bench-results", ".pytest_cache", ".ruff_cache"}
+
+
+def not_copied(folder, names):
+    """shutil.copytree's ignore: what a build must not see of the checkout."""
+    left_out = {n for n in names if n.endswith(".egg-info") or n == "__pycache__"}
+    return left_out | (NOT_COPIED & set(names) if Path(folder) == REPO else set())
 
 
 @pytest.fixture(scope="module")
-def sdist(tmp_path_factory):
+def checkout_untouched():
+    """What git shows beyond the tracked files before this module's builds, to compare after them."""
+    return untracked_files() if tracked_files() is not None else None
+
+
+@pytest.fixture(scope="module")
+def checkout_copy(tmp_path_factory, checkout_untouched):
+    """A copy of the checkout as git sees it (tracked and new files, nothing ignored) to build from."""
+    copy = tmp_path_factory.mktemp("checkout") / "lenet"
+    done = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO)
+    if tracked_files() is None or done.returncode != 0:
+        shutil.copytree(REPO, copy, ignore=not_copied)
+        return copy
+    for name in set(done.stdout.split("\0")) - {""}:
+        if (REPO / name).is_file():  # not a tracked file deleted in the work tree
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory, checkout_copy):
     """(the sdist's member names without the top folder, the build's output)."""
     out = tmp_path_factory.mktemp("dist")
-    done = run([sys.executable, "-m", "build", "--sdist", "--outdir", out, REPO], REPO)
+    done = run([sys.executable, "-m", "build", "--sdist", "--outdir", out, checkout_copy], checkout_copy)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (archive,) = out.glob("lenet-*.tar.gz")
     with tarfile.open(archive) as tar:
@@ -101,43 +133,30 @@ def test_build_outputs_are_ignored_by_git():
 
 
 @pytest.fixture(scope="module")
-def offline_env():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))  # bound, never listening: a data download is refused at once
-        env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "all_proxy")}
-        for name in ("http_proxy", "https_proxy"):
-            env[name] = env[name.upper()] = f"http://127.0.0.1:{s.getsockname()[1]}"
-        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        for name in ("PYTHONPATH", "LENET_DATA", "VIRTUAL_ENV"):
-            env.pop(name, None)
-        yield env
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """A fresh venv with `pip install <checkout>` done in it: (its bin folder, the untracked files it left)."""
-    before = untracked_files() if tracked_files() is not None else None
+def installed(tmp_path_factory, checkout_copy):
+    """A fresh venv with `pip install <a copy of the checkout>` done in it: its bin folder."""
     root = tmp_path_factory.mktemp("installed")
     venv.create(root / "venv", with_pip=True)
     python = root / "venv" / "bin" / "python"
     site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root).stdout.strip())
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (site / "lenet_test_dependencies.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
-    done = run([python, "-m", "pip", "install", "--no-deps", REPO], root)
+    done = run([python, "-m", "pip", "install", "--no-deps", checkout_copy], root)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    after = untracked_files() if before is not None else None
-    return root / "venv" / "bin", None if before is None else sorted(after - before)
+    return root / "venv" / "bin"
 
 
-def test_pip_install_leaves_no_untracked_files_in_the_checkout(installed):
-    _, left = installed
-    if left is None:
+@needs_build
+def test_builds_leave_nothing_in_the_checkout(sdist, installed, checkout_untouched):
+    """No build/, dist/ or new file after the sdist and pip install: they built a copy of the checkout."""
+    if checkout_untouched is None:
         pytest.skip("not a git checkout")
-    assert left == [], f"pip install left these untracked in the checkout: {left}"
+    left = sorted(untracked_files() - checkout_untouched)
+    assert left == [], f"the builds left these in the checkout: {left}"
 
 
 def test_installed_package_has_its_commands_and_no_checkout_files(installed, offline_env, tmp_path):
-    bin_dir, _ = installed
+    bin_dir = installed
     where = run([bin_dir / "python", "-c", "import lenet; print(lenet.__file__)"], tmp_path, offline_env)
     assert Path(where.stdout.strip()).is_relative_to(bin_dir.parent), where.stdout + where.stderr
     site = Path(where.stdout.strip()).parents[1]
@@ -151,7 +170,7 @@ def test_installed_package_has_its_commands_and_no_checkout_files(installed, off
 
 
 def test_installed_test_command_hint_works_as_pasted(installed, offline_env, tmp_path):
-    bin_dir, _ = installed
+    bin_dir = installed
     done = run([bin_dir / "lenet-test", "--checkpoint", tmp_path / "run" / "best_model.npz"], tmp_path, offline_env)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     hint = done.stderr.strip().split("train first: ", 1)[1]
@@ -162,7 +181,7 @@ def test_installed_test_command_hint_works_as_pasted(installed, offline_env, tmp
 
 @pytest.mark.skipif(MISSING_DATA is not None, reason=MISSING_DATA or "")
 def test_installed_commands_train_and_test_from_another_folder(installed, offline_env, tmp_path):
-    bin_dir, _ = installed
+    bin_dir = installed
     train = run([bin_dir / "lenet-train", "--epochs", 1, "--limit", 2000, "--out", "X"], tmp_path, offline_env)
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
     assert re.search(r"^epoch +1/1 ", train.stdout, re.M), train.stdout

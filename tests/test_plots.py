@@ -62,20 +62,38 @@ def test_plot_history(tmp_path, as_dataframe):
 def test_plot_images_without_predictions(tmp_path):
     images, labels = sample_images()
     path = tmp_path / "batch.png"
-    plot_images(images, CLASS_NAMES, labels, path)
+    fig = plot_images(images, CLASS_NAMES, labels, path, title="one training batch")
     pixels = read_png(path)
     height, width = pixels.shape[:2]
     assert width > 3 * height  # eight images: one row
     assert red_pixels(pixels) == 0
+    assert fig.get_suptitle() == "one training batch"
 
 
-def test_plot_images_marks_wrong_predictions_in_red(tmp_path):
+def test_plot_images_draws_bright_ink_on_black_as_every_other_picture(tmp_path):
+    """Blank images (all 0: no ink) must come out black, as the data sets and the other pictures show them."""
+    images, labels = np.zeros((8, 1, 28, 28), dtype=np.float32), np.arange(8)
+    images[:, 0, 10:18, 10:18] = 1  # a bright square of ink in each
+    for predicted in (None, labels):
+        path = tmp_path / ("batch" if predicted is None else "predictions") / "p.png"
+        plot_images(images, CLASS_NAMES, labels, path, predicted=predicted)
+        grey = read_png(path)[..., :3].mean(axis=2)
+        black = (grey < 0.05).mean()
+        assert black > 0.25, f"{path.parent.name}: only {black:.0%} of the picture is black background"
+
+
+def test_plot_images_marks_wrong_predictions_in_red_and_says_so(tmp_path):
     images, labels = sample_images()
-    plot_images(images, CLASS_NAMES, labels, tmp_path / "right" / "p.png", predicted=labels)
-    plot_images(images, CLASS_NAMES, labels, tmp_path / "wrong" / "p.png", predicted=(labels + 1) % 10)
+    right_fig = plot_images(images, CLASS_NAMES, labels, tmp_path / "right" / "p.png", predicted=labels)
+    wrong = (labels + 1) % 10
+    wrong[:3] = labels[:3]
+    wrong_fig = plot_images(images, CLASS_NAMES, labels, tmp_path / "wrong" / "p.png", predicted=wrong, title="test")
     right, wrong = read_png(tmp_path / "right" / "p.png"), read_png(tmp_path / "wrong" / "p.png")
     assert red_pixels(right) == 0
     assert red_pixels(wrong) > 100
+    assert "red: a mistake" in right_fig.get_suptitle() and "(0 of 8)" in right_fig.get_suptitle()
+    heading, legend = wrong_fig.get_suptitle().split("\n")
+    assert heading == "test" and "red: a mistake" in legend and "(5 of 8)" in legend, legend
 
 
 def test_plot_images_takes_n_h_w_images_and_a_partial_row(tmp_path):
@@ -89,9 +107,17 @@ def test_plot_confusion_matrix(tmp_path):
     rng = np.random.default_rng(0)
     matrix = rng.integers(0, 50, (10, 10)) + np.diag(rng.integers(500, 1000, 10))
     path = tmp_path / "confusion_matrix.png"
-    plot_confusion_matrix(matrix, CLASS_NAMES, path)
+    fig = plot_confusion_matrix(matrix, CLASS_NAMES, path, of="test images")
     height, width = read_png(path).shape[:2]
     assert 0.7 < width / height < 1.6  # a square matrix with a color bar
+    ax = fig.axes[0]
+    title = ax.get_title()
+    assert f"confusion matrix of {matrix.sum()} test images: accuracy {np.trace(matrix) / matrix.sum():.4f}" in title
+    assert "row: the true class" in title and "column: what the network said" in title
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("true class", "predicted class")
+    bar = ax.images[0].colorbar
+    assert bar is not None and "images" in bar.ax.get_ylabel(), "the colour bar must say what it counts"
+    assert bar.vmin == 0 and bar.vmax == matrix.max()
 
 
 def test_plot_replaces_an_existing_file(tmp_path):

@@ -17,9 +17,20 @@ import time
 
 import numpy as np
 import pytest
-from test_train import MISSING_DATA, REPO, SUBPROCESS_TIMEOUT_S, needs_data, offline_env, one_line_error, run_script
+from helpers import (
+    MISSING_DATA,
+    REPO,
+    SUBPROCESS_TIMEOUT_S,
+    assert_records_match_last,
+    needs_data,
+    one_line_error,
+    run_script,
+    without_busy_notice,
+)
 from threadpoolctl import threadpool_limits
 
+import lenet.resume
+import lenet.runfiles
 import lenet.trainer
 from lenet.checkpoint import load_checkpoint, save_checkpoint
 from lenet.cli import shown_python
@@ -28,24 +39,17 @@ from lenet.data import load_dataset
 from lenet.errors import LenetError
 from lenet.fast import FastRunner
 from lenet.model import LeNet5
+from lenet.options import TrainConfig
 from lenet.runs import RunLock, check_fresh_start, remove_stale_temporaries
-from lenet.trainer import TrainConfig, TrainingInterrupted, fit
+from lenet.trainer import TrainingInterrupted, fit
 
 QUICK = ["--limit", 300, "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def closed_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        yield s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def env(closed_port):
-    return offline_env(closed_port)
+@pytest.fixture
+def env(offline_env):
+    """conftest.py's offline environment, by a shorter name."""
+    return offline_env
 
 
 def fake_run(out, epoch=2, epochs=5, val_acc=0.75, **options):
@@ -114,9 +118,45 @@ def test_the_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_path):
             )
         finally:
             holder.kill()  # kill -9
-    with RunLock(tmp_path):  # the OS dropped the killed holder's lock
+    assert (tmp_path / ".lock").read_text() == f"{holder.pid}\n"  # kill -9 left its .lock behind ...
+    with RunLock(tmp_path):  # ... and the OS dropped its lock: the next run takes it
         assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
-    assert (tmp_path / ".lock").read_text() == ""
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_run_that_ends_leaves_no_lock_and_no_folder_it_made_empty(tmp_path):
+    out = tmp_path / "runs" / "new"
+    with RunLock(out):
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    assert list(tmp_path.iterdir()) == []  # both folders it made, empty, are gone
+    out.mkdir(parents=True)
+    with RunLock(out):  # a folder the user made stays, even empty
+        pass
+    assert out.is_dir() and list(out.iterdir()) == []
+    with RunLock(tmp_path / "kept") as lock:  # a folder the run wrote in stays, without the .lock
+        (lock.out / "last.npz").write_bytes(b"x")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["last.npz"]
+
+
+def test_a_lock_removed_as_it_is_taken_is_taken_anew(tmp_path, monkeypatch):
+    """A run that ends removes its .lock while it still holds it: a run that opened that file just before, and
+    then gets the flock on it, must not take it for the folder's lock (two runs would then hold the folder)."""
+    import lenet.runs
+
+    real_flock, flocked = lenet.runs.fcntl.flock, []
+
+    def flock(fd, operation):
+        if not flocked:  # between our open and our flock, the holder ends: .lock is removed
+            os.unlink(tmp_path / ".lock")
+        flocked.append(fd)
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(lenet.runs.fcntl, "flock", flock)
+    with RunLock(tmp_path):
+        assert len(flocked) == 2  # the removed file, then the new .lock
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(LenetError, match="is in use by another train.py"):
+            RunLock(tmp_path).__enter__()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -145,6 +185,21 @@ def wait_for_epoch_line(process):
     raise AssertionError("no epoch line")
 
 
+def interrupted_run(out, env, sig, meanwhile=None):
+    """A long train.py run into `out`, sent `sig` after its first epoch line (and after meanwhile(process), if
+    given): (its exit status, its stderr)."""
+    with start_train([*QUICK, "--batch-size", 8, "--epochs", 1000, "--out", out], env) as run:
+        try:
+            wait_for_epoch_line(run)
+            if meanwhile is not None:
+                meanwhile(run)
+            run.send_signal(sig)
+            stderr = without_busy_notice(run.communicate(timeout=SUBPROCESS_TIMEOUT_S)[1])
+        finally:
+            run.kill()
+    return run.returncode, stderr
+
+
 def saved_epochs(message):
     match = re.search(r"epochs? (?:1-)?(\d+) (?:is|are) saved", message)
     assert match, message
@@ -155,36 +210,27 @@ def saved_epochs(message):
 def test_two_runs_on_one_folder_and_sigterm(tmp_path, env):
     """The second train.py on a folder in use exits 2 naming the holder; SIGTERM stops the first with 143."""
     out = tmp_path / "run"
-    with start_train([*QUICK, "--batch-size", 8, "--epochs", 1000, "--out", out], env) as first:
-        try:
-            wait_for_epoch_line(first)
-            second = run_script("train.py", [*QUICK, "--epochs", 1, "--out", out], env)
-            line = one_line_error(second, "train.py")
-            assert f"{out} is in use by another train.py (PID {first.pid})" in line
-            first.send_signal(signal.SIGTERM)
-            _, stderr = first.communicate(timeout=SUBPROCESS_TIMEOUT_S)
-        finally:
-            first.kill()
-    assert first.returncode == 143, stderr
+
+    def second_run(first):
+        line = one_line_error(run_script("train.py", [*QUICK, "--epochs", 1, "--out", out], env), "train.py")
+        assert f"{out} is in use by another train.py (PID {first.pid})" in line
+
+    returncode, stderr = interrupted_run(out, env, signal.SIGTERM, meanwhile=second_run)
+    assert returncode == 143, stderr
     assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
     assert re.match(r"train.py: stopped by SIGTERM (in|after) epoch \d+; ", stderr), stderr
     meta = load_checkpoint(out / "last.npz")[1]
     assert saved_epochs(stderr) == meta["epoch"]
     assert f"best val acc {load_checkpoint(out / 'best_model.npz')[1]['val_acc']:.4f}" in stderr
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert_records_match_last(out)  # the epoch records cut to last.npz's epochs, wherever SIGTERM fell
 
 
 @needs_data
 def test_ctrl_c_says_how_to_resume_and_the_hint_works_as_pasted(tmp_path, env):
     out = tmp_path / "run"
-    with start_train([*QUICK, "--batch-size", 8, "--epochs", 1000, "--out", out], env) as first:
-        try:
-            wait_for_epoch_line(first)
-            first.send_signal(signal.SIGINT)
-            _, stderr = first.communicate(timeout=SUBPROCESS_TIMEOUT_S)
-        finally:
-            first.kill()
-    assert first.returncode == 130, stderr
+    returncode, stderr = interrupted_run(out, env, signal.SIGINT)
+    assert returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
     assert re.match(r"train.py: stopped by Ctrl-C (in|after) epoch \d+; ", stderr), stderr
     done = saved_epochs(stderr)
@@ -234,7 +280,7 @@ def test_a_stored_data_dir_is_only_looked_in(tmp_path, env):
     line = one_line_error(result, "train.py")
     assert f"looked in: {gone} (no such folder)" in line and "downloading is turned off" in line
     assert not gone.exists()
-    _, state, _ = lenet.trainer._resume(TrainConfig(epochs=None, out=str(out), data_dir=str(gone)), out / "last.npz")
+    _, state, _ = lenet.resume.resume_from(TrainConfig(epochs=None, out=str(out), data_dir=str(gone)), out / "last.npz")
     assert state["download"]  # named on the command line: the user's folder, downloads allowed
 
 
@@ -242,13 +288,13 @@ def test_resume_names_the_options_it_ignores(tmp_path):
     fake_run(tmp_path, epoch=1, epochs=3, lr=1e-3, augment=False)  # stored as runs before the modes did
     asked = TrainConfig(epochs=4, out=str(tmp_path), lr=0.01, batch_size=32, augment="shift", threads=1)
     given = {"lr", "batch_size", "augment", "epochs", "threads", "out"}
-    stored, _, ignored = lenet.trainer._resume(asked, tmp_path / "last.npz", given)
+    stored, _, ignored = lenet.resume.resume_from(asked, tmp_path / "last.npz", given)
     assert (stored.lr, stored.augment, stored.epochs, stored.threads) == (1e-3, "none", 4, 1)
-    assert lenet.trainer.ignored_message(ignored) == (
+    assert lenet.resume.ignored_message(ignored) == (
         "--resume keeps the stored run's --augment none, --lr 0.001; ignored: --augment shift, --lr 0.01"
     )
     # Not set on the command line: nothing to warn about, whatever the value.
-    assert lenet.trainer._resume(asked, tmp_path / "last.npz", {"epochs"})[2] == []
+    assert lenet.resume.resume_from(asked, tmp_path / "last.npz", {"epochs"})[2] == []
 
 
 def test_resume_warning_is_one_line_on_stderr(tmp_path, env):
@@ -313,7 +359,7 @@ def ctrl_c(*args, **kwargs):
 
 
 def test_ctrl_c_while_curves_png_is_written_and_again_in_the_clean_up(quick, tmp_path, monkeypatch):
-    monkeypatch.setattr(lenet.trainer, "plot_history", ctrl_c)  # every try: the first and the clean-up's
+    monkeypatch.setattr(lenet.runfiles, "plot_history", ctrl_c)  # every try: the first and the clean-up's
     with pytest.raises(TrainingInterrupted) as info:
         quick(tmp_path, 2)
     stopped = info.value
@@ -337,7 +383,7 @@ def test_sigterm_on_a_full_disk_still_says_how_to_resume(quick, tmp_path, monkey
             raise Terminated  # SIGTERM in epoch 2, just before its files
         return real_save(out, model, optimizer, meta_common, progress, shuffle_rng, best_path)
 
-    full, real_write, real_plot = [], lenet.trainer.write_history, lenet.trainer.plot_history
+    full, real_write, real_plot = [], lenet.runfiles.write_history, lenet.runfiles.plot_history
 
     def disk_full(real):
         def write(*args, **kwargs):
@@ -348,8 +394,8 @@ def test_sigterm_on_a_full_disk_still_says_how_to_resume(quick, tmp_path, monkey
         return write
 
     monkeypatch.setattr(lenet.trainer, "save_epoch", save_epoch)
-    monkeypatch.setattr(lenet.trainer, "write_history", disk_full(real_write))
-    monkeypatch.setattr(lenet.trainer, "plot_history", disk_full(real_plot))
+    monkeypatch.setattr(lenet.runfiles, "write_history", disk_full(real_write))
+    monkeypatch.setattr(lenet.runfiles, "plot_history", disk_full(real_plot))
     with pytest.raises(TrainingInterrupted) as info:
         quick(tmp_path, 3)
     message = interrupted_message(info.value)
@@ -361,12 +407,12 @@ def test_sigterm_on_a_full_disk_still_says_how_to_resume(quick, tmp_path, monkey
 
 
 def test_config_json_and_stale_temporaries_at_the_start(quick, tmp_path, monkeypatch):
-    monkeypatch.setattr(lenet.trainer, "plot_history", lambda *args, **kwargs: None)
+    monkeypatch.setattr(lenet.runfiles, "plot_history", lambda *args, **kwargs: None)
     tmp_path.mkdir(exist_ok=True)
     stale = tmp_path / ".last.npz.0123456789ab.tmp"
     stale.write_bytes(b"half")
     quick(tmp_path, 1, lr=0.002)
-    assert not stale.exists()
+    assert not stale.exists() and not (tmp_path / ".lock").exists()
     config = json.loads((tmp_path / "config.json").read_text())
     assert config == TrainConfig(limit=300, epochs=1, out=str(tmp_path), lr=0.002).stored()
     assert list(config) == sorted(config)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from test_weights import torch_lenet
+from helpers import torch_lenet
 
 from lenet import LeNet5
 from lenet.backend import to_numpy

@@ -122,7 +122,7 @@ def test_layer_outputs_have_every_stage_and_end_in_the_models_logits(rng, pool):
     assert shapes["s2"] == (3, 6, 14, 14) and shapes["act3"] == (3, 16, 10, 10) and shapes["s4"] == (3, 16, 5, 5)
     assert shapes["act5"] == (3, 120) and shapes["act6"] == (3, 84) and shapes["f7"] == (3, 10)
     np.testing.assert_array_equal(out["f7"], model.forward(x))
-    # The textbook parts (C1 before pooling) agree with the fused stage's pooled output.
+    # Each layer's output is the next one's input: C1's pooled activations are S2.
     pooled = out["act1"].reshape(3, 6, 14, 2, 14, 2)
     pooled = pooled.mean(axis=(3, 5)) if pool == "avg" else pooled.max(axis=(3, 5))
     np.testing.assert_allclose(pooled, out["s2"], rtol=1e-12, atol=1e-12)
@@ -187,6 +187,70 @@ def read_png(path):
     pixels = matplotlib.image.imread(path)
     assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 200
     return pixels
+
+
+# -- each picture says what it shows -----------------------------------------------------------------
+
+
+def colour_bars(fig):
+    """The colour bars of a Figure, each once, in the order their images were drawn."""
+    bars = [im.colorbar for ax in fig.axes for im in ax.images if im.colorbar is not None]
+    return list(dict.fromkeys(bars))
+
+
+def test_filters_have_readable_colour_bars_and_row_labels(tmp_path):
+    state = LeNet5(seed=0).state_dict()
+    state["c1.weight"] = state["c1.weight"] * 25  # a trained C1's size (weights of about +-5)
+    fig = vis.plot_filters(state, tmp_path / "filters.png")
+    read_png(tmp_path / "filters.png")
+    fig.draw_without_rendering()
+    c1_bar, c3_bar = colour_bars(fig)
+    for bar, weights in ((c1_bar, state["c1.weight"]), (c3_bar, state["c3.weight"])):
+        assert bar.ax.get_ylabel() == "weight"
+        m = np.abs(weights).max()
+        np.testing.assert_allclose(bar.get_ticks(), [-m, 0, m], rtol=1e-6)  # the extremes and zero, no more
+    height = c1_bar.ax.get_window_extent().height / fig.dpi
+    assert height > 1.2, f"C1's colour bar is squeezed into {height:.2f} inches"
+    assert "red a positive weight, blue a negative one" in fig.get_suptitle()
+    row_labels = [ax.yaxis.label for ax in fig.axes if ax.get_ylabel().startswith("S2 map")]
+    assert [t.get_text() for t in row_labels] == [f"S2 map {i}" for i in range(6)]
+    assert all(t.get_fontsize() >= 9 and t.get_rotation() == 0 for t in row_labels)
+
+
+def test_feature_maps_label_their_bars_and_keep_the_probabilities_compact(tmp_path, rng):
+    outputs = vis.layer_outputs(LeNet5(seed=1), rng.random((1, 1, 28, 28)))
+    fig = vis.plot_feature_maps(outputs, CLASS_NAMES, tmp_path / "feature_maps.png", source="noise")
+    read_png(tmp_path / "feature_maps.png")
+    fig.draw_without_rendering()
+    bars = {ax.get_xlabel(): ax for ax in fig.axes if ax.get_xlabel()}
+    assert set(bars) == {"F5 unit", "F6 unit", "probability"}, set(bars)
+    assert bars["F5 unit"].get_ylabel() == bars["F6 unit"].get_ylabel() == "activation"
+    probs = bars["probability"]
+    assert [t.get_text() for t in probs.get_yticklabels()] == list(CLASS_NAMES)
+    width = probs.get_window_extent().width / fig.bbox.width
+    assert width < 0.35, f"the probability panel spans {width:.0%} of the figure's width"
+    assert all(bar.ax.get_ylabel() for bar in colour_bars(fig)), "every map's colour bar says what it shows"
+
+
+def test_saliency_panels_share_one_symmetric_scale_per_column_and_say_what_red_means(tmp_path, rng):
+    model = LeNet5(seed=2, input_grad=True)
+    images = rng.random((3, 28, 28)).astype(np.float32)
+    images[1] *= 0.1  # a faint image: its gradients are smaller, and must look smaller
+    grads, logits = vis.saliency(model, images)
+    fig = vis.plot_saliency(images, grads, vis.softmax(logits), CLASS_NAMES, tmp_path / "saliency.png")
+    read_png(tmp_path / "saliency.png")
+    panels = {}
+    for ax in fig.axes:
+        panels.setdefault(ax.get_title(), []).extend(ax.images)
+    for title, values in (("d logit / d pixel", grads), ("gradient x input", grads * images)):
+        limits = {im.get_clim() for im in panels[title]}
+        m = float(np.abs(values).max())
+        assert len(panels[title]) == 3 and len(limits) == 1, limits
+        np.testing.assert_allclose(limits.pop(), (-m, m), rtol=1e-6)
+    bars = colour_bars(fig)
+    assert len(bars) == 2
+    assert all("red" in bar.ax.get_xlabel() and "blue" in bar.ax.get_xlabel() for bar in bars)
+    assert "red raises it, blue lowers it" in fig.get_suptitle()
 
 
 def colourful_fraction(pixels):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_checkpoint import one_blas_thread, random_model  # noqa: F401  (one_blas_thread: an autouse fixture)
+from helpers import random_model, torch_lenet
 
 import lenet
 from lenet import safetensors_io
@@ -19,7 +19,9 @@ from lenet.layers import SoftmaxCrossEntropy
 from lenet.model import LeNet5
 from lenet.optim import Adam
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
+
+CHECKPOINTS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "checkpoints.md"
 WEIGHT_NAMES = [f"{layer}.{p}" for layer in ("c1", "c3", "f5", "f6", "f7") for p in ("weight", "bias")]
 
 torch_or_skip = pytest.mark.skipif(
@@ -82,30 +84,6 @@ def test_the_npz_file_itself_is_not_a_state_dict(tmp_path):
 # The round trip with PyTorch
 
 
-def torch_lenet(activation, pool):
-    """The same LeNet-5 in PyTorch, attribute names c1, c3, f5, f6, f7 as lenet's (the README's TorchLeNet5)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class TorchLeNet5(nn.Module):
-        def __init__(self, activation="sigmoid", pool="avg"):
-            super().__init__()
-            self.c1 = nn.Conv2d(1, 6, 5, padding=2)
-            self.c3 = nn.Conv2d(6, 16, 5)
-            self.f5, self.f6, self.f7 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-            self.act = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": F.relu}[activation]
-            self.pool = {"avg": F.avg_pool2d, "max": F.max_pool2d}[pool]
-
-        def forward(self, x):
-            x = self.pool(self.act(self.c1(x)), 2)  # (N, 6, 14, 14)
-            x = self.pool(self.act(self.c3(x)), 2)  # (N, 16, 5, 5)
-            x = self.act(self.f5(x.flatten(1)))
-            return self.f7(self.act(self.f6(x)))  # (N, 10)
-
-    return TorchLeNet5(activation, pool)
-
-
 def assert_logits_close(ours, theirs):
     """Equal to float32 rounding: both sum the same products in different orders."""
     scale = np.abs(ours).max()
@@ -153,22 +131,22 @@ def test_torch_to_lenet(activation, pool):
     assert_logits_close(model.forward(x), theirs)
 
 
-def readme_round_trip_code():
-    """The Python block of the README's section "Data sets and weights the PyTorch way" that uses load_weights."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## Data sets and weights the PyTorch way", 1)[1].split("\n## ", 1)[0]
+def round_trip_code():
+    """The Python block of docs/checkpoints.md's section "To PyTorch and back" that uses load_weights."""
+    text = CHECKPOINTS_PAGE.read_text(encoding="utf-8")
+    section = text.split("## To PyTorch and back", 1)[1].split("\n## ", 1)[0]
     blocks = [b for b in re.findall(r"```python\n(.*?)```", section, flags=re.S) if "load_weights" in b]
-    assert len(blocks) == 1, "the README section should have one Python block with the round trip"
+    assert len(blocks) == 1, "the section should have one Python block with the round trip"
     return blocks[0]
 
 
 @torch_or_skip
-def test_the_readmes_round_trip_runs_as_written(tmp_path, monkeypatch):
+def test_the_docs_round_trip_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = random_model()
     save_checkpoint(tmp_path / "runs" / "fashion-mnist" / "best_model.npz", model, {"epoch": 1})
     namespace = {}
-    exec(compile(readme_round_trip_code(), str(README), "exec"), namespace)
+    exec(compile(round_trip_code(), str(CHECKPOINTS_PAGE), "exec"), namespace)
     # The block's own names: the torch net from lenet's weights, and the lenet model back from the torch net.
     net, back = namespace["net"], namespace["model"]
     import torch

@@ -17,6 +17,8 @@ from ..checkpoint import model_from_checkpoint
 from ..cli import DEFAULT_CHECKPOINT, ArgumentParser, add_data_dir, invocation, program_name, run_main
 from ..data import load_dataset
 from ..errors import LenetError
+from ..fast import DataParallel, FastRunner, default_threads, fuse
+from ..fast.tuning import tune_process
 from ..plots import plot_confusion_matrix, plot_images
 from ..trainer import predict
 
@@ -58,30 +60,31 @@ def train_first_hint(checkpoint):
 
 def run(argv=None):
     args = parse_args(argv)
+    tune_process(args.backend)  # the process settings lenet's steps run best with, made once (lenet/fast/tuning.py)
     if args.show < 0:
         raise LenetError(f"--show must be >= 0, not {args.show}")
     if not Path(args.checkpoint).exists():
         hint = train_first_hint(args.checkpoint)
         raise LenetError(f"checkpoint {args.checkpoint}: no such file; train first: {hint}")
     xp = get_backend(args.backend)
-    model, meta = model_from_checkpoint(args.checkpoint, backend=args.backend, fused=not args.textbook)
+    model, meta = model_from_checkpoint(args.checkpoint, backend=args.backend)
     dataset = meta.get("dataset", "fashion-mnist")
     images, labels, class_names = load_dataset(dataset, "test", data_dir=args.data_dir)
     images = images.astype(model.dtype)
     if args.textbook:
         predicted = to_numpy(predict(model.forward, xp.asarray(images)))
-    else:  # the speed wing: threads on the CPU
-        from ..fast import DataParallel, default_threads
-        from ..fast.tuning import tune_process
-
-        tune_process(args.backend)
+    elif xp is np:  # the speed wing: the fused twin, on threads on the CPU
         # Threads, not worker processes: one pass over a test set is over before a worker would have started.
-        runner = DataParallel(model, default_threads(xp), processes=False)
+        runner = DataParallel(fuse(model), default_threads(xp), processes=False)
         predicted = to_numpy(predict(runner.forward, xp.asarray(images)))
         runner.close()
+    else:  # the speed wing on a GPU: the model's GPU twin, each batch size's forward pass a CUDA graph
+        predicted = to_numpy(predict(FastRunner(model, None).forward, xp.asarray(images)))
 
     accuracy = float((predicted == labels).mean())
-    print(f"checkpoint {args.checkpoint}: epoch {meta.get('epoch')}, validation accuracy {meta.get('val_acc', 0):.4f}")
+    val_acc = meta.get("val_acc")  # none for the initial weights (epochs/epoch_0000.npz)
+    shown = "none yet" if val_acc is None else f"{val_acc:.4f}"
+    print(f"checkpoint {args.checkpoint}: epoch {meta.get('epoch')}, validation accuracy {shown}")
     print(f"test accuracy on {dataset} ({len(labels)} images): {accuracy:.4f}")
     confusion = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
@@ -99,8 +102,12 @@ def run(argv=None):
         print(f"predicted: {class_names[predicted[i]]:<12} true: {class_names[labels[i]]}{mark}")
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
-    plot_confusion_matrix(confusion, class_names, out / "confusion_matrix.png")
-    plot_images(images[:32], class_names, labels[:32], out / "predictions.png", predicted=predicted[:32])
+    plot_confusion_matrix(confusion, class_names, out / "confusion_matrix.png", of=f"{dataset} test images")
+    shown = min(32, len(labels))
+    title = f"the first {shown} {dataset} test images"
+    plot_images(
+        images[:shown], class_names, labels[:shown], out / "predictions.png", predicted=predicted[:shown], title=title
+    )
     print(f"wrote {out / 'confusion_matrix.png'} and {out / 'predictions.png'}")
 
 

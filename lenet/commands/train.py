@@ -10,17 +10,13 @@ import argparse
 import shlex
 import sys
 
-from ..cli import (
-    ArgumentParser,
-    add_data_dir,
-    interrupted_status,
-    invocation,
-    positive_int,
-    program_name,
-    run_main,
-    signal_name,
-)
-from ..trainer import PlainRunner, TrainConfig, TrainingInterrupted, fit
+from tqdm import tqdm
+
+from ..cli import ArgumentParser, interrupted_status, invocation, program_name, run_main, signal_name
+from ..fast import FastRunner
+from ..fast.tuning import tune_process
+from ..options import OPTIONS, TrainConfig
+from ..trainer import PlainRunner, TrainingInterrupted, fit
 
 DEFAULTS = TrainConfig()
 
@@ -33,96 +29,27 @@ def build_parser():
         epilog=f"example, a quick run and its test:\n  {invocation()} --epochs 5 --out runs/quick\n"
         f"  {invocation(command='test')} --checkpoint runs/quick/best_model.npz",
     )
-    p.add_argument(
-        "--backend", choices=["numpy", "cupy"], default=DEFAULTS.backend, help="array backend (default %(default)s)"
-    )
-    p.add_argument(
-        "--dataset", choices=["fashion-mnist", "mnist"], default=DEFAULTS.dataset, help="(default %(default)s)"
-    )
-    add_data_dir(p)
-    p.add_argument(
-        "--epochs", type=positive_int, help=f"number of epochs (default {DEFAULTS.epochs}; --resume: the stored run's)"
-    )
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="(default %(default)s)")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default=DEFAULTS.optimizer, help="(default %(default)s)")
-    p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="learning rate (default %(default)s)")
-    p.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="SGD momentum (default %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="L2 (default %(default)s)")
-    p.add_argument(
-        "--schedule",
-        choices=["constant", "cosine"],
-        default=DEFAULTS.schedule,
-        help="learning-rate schedule (default %(default)s)",
-    )
-    p.add_argument(
-        "--activation", choices=["sigmoid", "relu", "tanh"], default=DEFAULTS.activation, help="(default %(default)s)"
-    )
-    p.add_argument("--pool", choices=["avg", "max"], default=DEFAULTS.pool, help="(default %(default)s)")
-    p.add_argument(
-        "--augment",
-        nargs="?",
-        const="shift",
-        default=DEFAULTS.augment,
-        choices=["none", "shift", "affine"],
-        help="new random copies of the training images each epoch: shift = 1-pixel shifts, and mirror images for "
-        "fashion-mnist (not for digits); affine = those and a small rotation, scale and shear; --augment alone is "
-        "shift (default %(default)s)",
-    )
-    p.add_argument("--dtype", choices=["float32", "float64"], default=DEFAULTS.dtype, help="(default %(default)s)")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=DEFAULTS.seed,
-        help="seeds the weights, the split and the shuffling (default %(default)s)",
-    )
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=DEFAULTS.val_fraction,
-        help="the share of the training images held out for validation (default %(default)s)",
-    )
-    p.add_argument(
-        "--limit",
-        type=positive_int,
-        metavar="N",
-        help="use only the first N images of the training set, split as --val-fraction says (N=1000: 800 to "
-        "train on, 200 to validate) (default: all 60000)",
-    )
-    p.add_argument("--out", help="folder for checkpoints, history and plots (default runs/<dataset>)")
-    p.add_argument(
-        "--textbook",
-        action="store_true",
-        help="train the textbook layers of lenet/layers.py as they are written (one thread, no fused stage, "
-        "no CUDA graphs): slower, the same numbers to float32 rounding",
-    )
-    p.add_argument(
-        "--format",
-        choices=["npz", "safetensors"],
-        default=DEFAULTS.format,
-        help="file format of the best weights: best_model.npz, or best_model.safetensors for Hugging Face's tools "
-        "(needs the safetensors package: pip install 'lenet[safetensors]'); last.npz stays .npz "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        help="CPU workers for the numpy backend: this process and N-1 worker processes on Linux, threads elsewhere "
-        "(default: one per core)",
-    )
-    start = p.add_mutually_exclusive_group()
-    start.add_argument("--resume", action="store_true", help="continue the run saved in --out (its options are kept)")
-    start.add_argument(
-        "--overwrite", action="store_true", help="start over in an --out that holds a run, replacing its files"
-    )
-    p.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bar (it is shown only when stderr is a terminal, and never with TQDM_DISABLE=1)",
-    )
-    p.add_argument(
-        "--no-cuda-graphs", action="store_true", help="cupy: run every training step eagerly, not as a CUDA graph"
-    )
+    add_options(p)
     return p
+
+
+def add_options(parser):
+    """One argument for each option that lenet/options.py declares, with its flag, default, help and checks."""
+    groups = {}
+    for name, option in OPTIONS.items():
+        default = None if option.command_fills else option.default
+        kwargs = {"dest": name, "default": default, "help": option.help.format(default=option.default)}
+        if option.type is bool:  # a switch: --textbook turns it on, --no-progress off
+            kwargs["action"] = "store_false" if option.default else "store_true"
+        elif option.allowed is not None and option.allowed.choices is not None:
+            kwargs["choices"] = option.allowed.choices  # argparse lists them in --help and names them in errors
+        else:
+            kwargs.update(type=option.from_text, metavar=option.metavar or name.upper())
+        if option.const is not None:
+            kwargs.update(nargs="?", const=option.const)
+        if option.group is not None and option.group not in groups:
+            groups[option.group] = parser.add_mutually_exclusive_group()
+        groups.get(option.group, parser).add_argument(option.flag, **kwargs)
 
 
 def parse_args(argv=None):
@@ -131,26 +58,24 @@ def parse_args(argv=None):
     # Which options the user gave (--resume warns about those the stored run keeps): parsed again, defaults unset.
     unset = object()
     p.set_defaults(**dict.fromkeys(vars(args), unset))
-    args.given = {FIELDS.get(name, name) for name, value in vars(p.parse_args(argv)).items() if value is not unset}
+    args.given = {name for name, value in vars(p.parse_args(argv)).items() if value is not unset}
     return args
-
-
-FIELDS = {"no_progress": "progress", "no_cuda_graphs": "cuda_graphs"}  # argparse names that are not TrainConfig's
 
 
 def run(argv=None):
     args = parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k not in ("no_progress", "no_cuda_graphs", "given")}
+    tune_process(args.backend)  # the process settings lenet's steps run best with, made once (lenet/fast/tuning.py)
+    options = {k: v for k, v in vars(args).items() if k != "given"}
     options["out"] = args.out or f"runs/{args.dataset}"
     if args.epochs is None and not args.resume:
         options["epochs"] = DEFAULTS.epochs
-    config = TrainConfig(**options, progress=not args.no_progress, cuda_graphs=not args.no_cuda_graphs)
+    config = TrainConfig(**options)
     try:
         fit(
             config,
             runner=_runner,
             given=args.given,
-            warn=lambda m: print(f"{program_name('train')}: warning: {m}", file=sys.stderr),
+            warn=lambda m: tqdm.write(f"{program_name('train')}: warning: {m}", file=sys.stderr),  # above any bar
         )
     except TrainingInterrupted as e:
         print(f"{program_name('train')}: {interrupted_message(e)}", file=sys.stderr)
@@ -184,15 +109,11 @@ def interrupted_message(e):
     return f"stopped by {signal_name(e.stop)} {where}; {saved}{not_written}"
 
 
-def _runner(model, optimizer, config):
-    """The textbook PlainRunner for --textbook runs, else the speed wing (imported only then)."""
+def _runner(model, optimizer, config, warn=None):
+    """The textbook PlainRunner for --textbook runs, else the speed wing's FastRunner."""
     if config.textbook:
         return PlainRunner(model, optimizer)
-    from ..fast import FastRunner
-    from ..fast.tuning import tune_process
-
-    tune_process(config.backend)
-    return FastRunner.for_config(model, optimizer, config)
+    return FastRunner.for_config(model, optimizer, config, warn)
 
 
 def main(argv=None):

@@ -1,7 +1,8 @@
 """python visualize.py: pictures of what a trained LeNet-5 computes.
 
 Writes filters.png, feature_maps.png, saliency.png, mistakes.png and embedding.png beside the
-checkpoint (or in --out) and prints their paths.
+checkpoint (or in --out) and prints their paths; and, from the epoch records of the run the checkpoint is in
+(its folder's epochs/), training.png and gradient_flow.png.
 """
 
 from pathlib import Path
@@ -11,16 +12,18 @@ import numpy as np
 from .. import visualize as vis
 from ..backend import BACKENDS
 from ..checkpoint import model_from_checkpoint
-from ..cli import DEFAULT_CHECKPOINT, ArgumentParser, program_name, run_main
+from ..cli import DEFAULT_CHECKPOINT, ArgumentParser, parse_then_run, program_name
 from ..data import load_dataset
 from ..errors import LenetError
+from ..training_plots import PICTURES, draw_training
 
 
 def parse_args(argv=None):
     p = ArgumentParser(
         prog=program_name("visualize"),
         description="Draw what a trained LeNet-5 computes: its filters, every layer's output for one image, "
-        "saliency maps, the test set's most confident mistakes and a PCA picture of its F6 features.",
+        "saliency maps, the test set's most confident mistakes and a PCA picture of its F6 features; and, from "
+        "the epoch records train.py keeps beside it, its filters learning and the gradient flow over the epochs.",
     )
     p.add_argument(
         "--checkpoint",
@@ -104,15 +107,17 @@ def run(args):
     projected, ratio = vis.pca(features)
     save(vis.plot_embedding, "embedding.png", projected, ratio, labels, class_names)
 
+    # The run over time, from the epoch records beside the checkpoint (lenet/training_plots.py)
+    over_time, skipped = draw_training(Path(args.checkpoint).parent, one, source, out, args.backend)
+    written += over_time
+
     print(f"checkpoint {args.checkpoint}: {dataset}, epoch {meta.get('epoch')}, test accuracy {accuracy:.4f}")
     for path in written:
         print(f"wrote {path}")
+    if skipped:
+        print(f"skipped {' and '.join(PICTURES)}: {skipped}")
 
 
 def main(argv=None):
     """Parse argv and draw; returns the exit status (2 and one line for bad input)."""
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:  # --help, or a bad flag (already reported in one line)
-        return e.code or 0
-    return run_main(lambda: run(args), program_name("visualize"))
+    return parse_then_run(parse_args, run, argv, program_name("visualize"))

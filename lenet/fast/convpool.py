@@ -1,5 +1,5 @@
 """The fused convolution stage: Conv2d (stride 1) -> activation -> 2x2 pooling as one layer, computed on 2x2 blocks
-of output pixels. LeNet5(fused=True), the default, runs its C1 and C3 stages through it.
+of output pixels. lenet.fast.fuse(model) runs a LeNet5's C1 and C3 stages through it.
 
 It must equal the textbook chain of lenet/layers.py, `Conv2d -> Sigmoid/Tanh/ReLU -> AvgPool2d(2)/MaxPool2d(2)`,
 numbers and gradients alike: tests/test_fast.py holds it to that (1e-11 in float64) for every activation and pooling.
@@ -22,7 +22,8 @@ import numpy as np
 
 from ..backend import get_array_module, matmul
 from ..im2col import windows
-from ..layers import AvgPool2d, Conv2d, Layer, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
+from ..layers import AvgPool2d, Layer, MaxPool2d, ReLU, Sigmoid, Tanh
+from ..model import ACTIVATIONS, POOLS
 
 
 # -- activations written into a given array (the formulas of layers.Sigmoid, Tanh, ReLU) ---------------------------
@@ -91,7 +92,7 @@ class _SigmoidViaTanh(_TanhInPlace):
     input_scale, out_scale, out_shift = 0.5, 0.5, 0.5
 
 
-ACTIVATIONS = {"sigmoid": (Sigmoid, _SigmoidInPlace), "tanh": (Tanh, _TanhInPlace), "relu": (ReLU, _ReLUInPlace)}
+IN_PLACE = {Sigmoid: _SigmoidInPlace, Tanh: _TanhInPlace, ReLU: _ReLUInPlace}  # the core's layer -> its form here
 
 
 # -- 2x2 pooling over stacked windows: a (4, ...) array whose slabs are the four block positions ---------------------
@@ -130,7 +131,7 @@ class _StackedMax:
         return (positions == self.winner[None]) * dout
 
 
-POOLS = {"avg": (AvgPool2d, _StackedAvg), "max": (MaxPool2d, _StackedMax)}
+STACKED = {AvgPool2d: _StackedAvg, MaxPool2d: _StackedMax}  # the core's layer -> its form here
 
 
 def col2im_stride2(cols, out_shape, kh, kw):
@@ -157,35 +158,25 @@ def col2im_stride2(cols, out_shape, kh, kw):
 class ConvPool(Layer):
     """Conv2d (stride 1), an activation and 2x2 pooling (stride 2) in one layer, on 2x2 blocks of output pixels.
 
-    weight (F, C, KH, KW) and bias (F,) in PyTorch's layout, KH and KW odd; activation "sigmoid", "tanh" or "relu";
-    pool "avg" or "max". x (N, C, H, W) -> (N, F, OH//2, OW//2): the numbers of
-    Conv2d(weight, bias, padding=padding) -> activation -> AvgPool2d(2) or MaxPool2d(2).
+    conv: the layers.Conv2d it computes, whose parameters (the same Parameter objects), padding and input_grad it
+    uses, KH and KW odd; activation and pool: names in model.ACTIVATIONS and model.POOLS. x (N, C, H, W) ->
+    (N, F, OH//2, OW//2): the numbers of conv -> ACTIVATIONS[activation]() -> POOLS[pool](2).
     """
 
-    def __init__(self, weight, bias, activation="sigmoid", pool="avg", padding=0, input_grad=True):
-        f, _, kh, kw = weight.shape
-        if kh % 2 == 0 or kw % 2 == 0:
-            raise ValueError(f"ConvPool needs odd kernel sizes, got {kh}x{kw}")
-        self.conv = Conv2d(weight, bias, padding=padding, input_grad=input_grad)  # the parameters and shapes
-        self.weight, self.bias, self.params = self.conv.weight, self.conv.bias, self.conv.params
-        self.activation_name, self.pool_name = activation, pool
-        numpy_sigmoid = activation == "sigmoid" and get_array_module(weight) is np  # CuPy keeps its exp form
-        self.activation = (_SigmoidViaTanh if numpy_sigmoid else ACTIVATIONS[activation][1])()
-        self.pool = POOLS[pool][1]()
-        self.padding = padding
+    def __init__(self, conv, activation="sigmoid", pool="avg"):
+        f, _, kh, kw = conv.weight.shape
+        if kh % 2 == 0 or kw % 2 == 0 or conv.stride != 1:
+            raise ValueError(f"ConvPool needs odd kernel sizes and stride 1, got {kh}x{kw} at stride {conv.stride}")
+        self.conv = conv  # its parameters and shapes; its forward and backward are not run
+        self.weight, self.bias, self.params, self.padding = conv.weight, conv.bias, conv.params, conv.padding
+        numpy_sigmoid = activation == "sigmoid" and get_array_module(conv.weight.data) is np  # CuPy keeps exp
+        self.activation = (_SigmoidViaTanh if numpy_sigmoid else IN_PLACE[ACTIVATIONS[activation]])()
+        self.pool = STACKED[POOLS[pool]]()
         self._buffers = {}
 
     @property
     def input_grad(self):
         return self.conv.input_grad
-
-    @input_grad.setter
-    def input_grad(self, value):
-        self.conv.input_grad = value
-
-    def parts(self):
-        """The textbook layers this one computes, in order (for summaries)."""
-        return [self.conv, ACTIVATIONS[self.activation_name][0](), POOLS[self.pool_name][0](2)]
 
     def output_shape(self, shape):
         return (shape[0], self.weight.shape[0], *(s // 2 for s in self.conv.output_shape(shape)[2:]))
@@ -302,17 +293,28 @@ class ConvPool(Layer):
         return dxb[:, p : p + h, p : p + w, :].transpose(3, 0, 1, 2)
 
 
-class BatchLastLinear(Linear):
-    """layers.Linear whose input gradient keeps the input's memory order.
+class BatchLastLinear(Layer):
+    """A layers.Linear whose input gradient keeps the input's memory order.
 
     F5's input is a batch-last view of ConvPool's output ((N, 400) seen from (400, N) memory); computing dx as
     (W^T dout^T)^T gives it the same order, so ConvPool's backward reads it without a transposing copy. The same
-    numbers as Linear, up to the rounding of a differently ordered matrix product.
+    numbers as the Linear, up to the rounding of a differently ordered matrix product. `linear` does the forward
+    pass and keeps its input; its parameters are this layer's.
     """
 
+    def __init__(self, linear):
+        self.linear, self.weight, self.bias, self.params = linear, linear.weight, linear.bias, linear.params
+
+    def output_shape(self, shape):
+        return self.linear.output_shape(shape)
+
+    def forward(self, x):
+        return self.linear.forward(x)
+
     def backward(self, dout):
-        if not (self.x.flags.f_contiguous and not self.x.flags.c_contiguous):
-            return super().backward(dout)
-        self.weight.grad = matmul(dout.T, self.x)  # (out, in)
+        x = self.linear.x
+        if not (x.flags.f_contiguous and not x.flags.c_contiguous):
+            return self.linear.backward(dout)
+        self.weight.grad = matmul(dout.T, x)  # (out, in)
         self.bias.grad = dout.sum(axis=0)
         return matmul(self.weight.data.T, dout.T).T  # (N, in) view of (in, N) memory

@@ -1,166 +1,65 @@
-"""CUDA graphs for the CuPy backend: a whole training step launched as one graph.
+"""CUDA graphs: the GPU twin's training step or forward pass for one batch size, recorded once and replayed.
 
-What it speeds up: an eager lenet step makes a few hundred CuPy calls (kernels and views), each costing the host more
-time than the GPU needs to run it, so an eager step takes about the same time whatever the batch size. A CUDA graph
-records the step's kernels once and replays them with one launch (docs/speed.md has the figures; benchmarks/run.py
-measures them). What it must equal: the eager step it records (lenet/fast/parallel.py's, itself equal to
-trainer.train_step), the same numbers up to the rounding of another matrix-product kernel; tests/test_cuda.py holds it
-to that on a GPU. Three things stand in the way, and this module handles them:
+What it speeds up: even at 21 launches (gpu.py), an eager step costs the host more time than a small batch costs
+the GPU: each CuPy launch takes microseconds of Python. A CUDA graph records the launches once and replays them with
+one call. What it must equal: the twin's eager calls, bit for bit (the same kernels, products and buffers in the same
+order; tests/test_cuda.py).
 
-- CuPy refuses cuBLAS calls while a stream is being captured. `matmul` is lenet's own tiled matrix product (any
-  strides, float32 or float64); the layers call it through backend.matmul, which hands CuPy products to it while
-  `capturable()` has set backend.matmul_override.
-- A graph replays fixed addresses. The batch is copied into fixed input arrays, every array the step allocates comes
-  from a memory pool of the graph's own (nothing else allocates from it, so its blocks stay the graph's), and the
-  optimizer reads its per-step numbers (learning rate, bias corrections) from a device array written before each
-  replay (Optimizer.coefficients).
-- Capture runs nothing: the step is run eagerly first (warm-up), so every kernel is compiled and every block the
-  capture asks for is already in the pool.
+A graph replays fixed addresses and fixed arguments. The twin is built for that: every array a batch size needs is
+made once (gpu._Buffers), the batch is copied into them before each replay, and what changes from step to step (the
+learning rate, Adam's step count) is read by the kernels from device memory that the twin writes when it changes.
+The first call of each batch size runs eagerly (it compiles and loads every kernel and cuBLAS's, which a recording
+must not do); the second records the launches, which runs nothing, then replays them.
 
-Imported only when CuPy is in use (backend.get_backend("cupy") has succeeded).
+Imported only when CuPy is in use.
 """
 
 import contextlib
 
 import cupy
-import numpy as np
-
-from .. import backend
-
-_GEMM_SOURCE = r"""
-template <typename T>
-__global__ void gemm(const T* a, const T* b, T* c, int m, int n, int k, int kc,
-                     long long sam, long long sak, long long sbk, long long sbn, long long scm, long long scn,
-                     long long scz) {
-    // c[z] (m, n) = a[:, z*kc:(z+1)*kc] @ b[z*kc:(z+1)*kc, :] for z = blockIdx.z, all with element strides;
-    // 16x16 tiles through shared memory.
-    __shared__ T tile_a[16][17];
-    __shared__ T tile_b[16][17];
-    const int tx = threadIdx.x, ty = threadIdx.y;
-    const int row = blockIdx.y * 16 + ty, col = blockIdx.x * 16 + tx;
-    const int k_end = min(k, (int)(blockIdx.z + 1) * kc);
-    T acc = 0;
-    for (int k0 = blockIdx.z * kc; k0 < k_end; k0 += 16) {
-        tile_a[ty][tx] = (row < m && k0 + tx < k_end) ? a[row * sam + (k0 + tx) * sak] : T(0);
-        tile_b[ty][tx] = (k0 + ty < k_end && col < n) ? b[(k0 + ty) * sbk + col * sbn] : T(0);
-        __syncthreads();
-        #pragma unroll
-        for (int i = 0; i < 16; ++i) acc += tile_a[ty][i] * tile_b[i][tx];
-        __syncthreads();
-    }
-    if (row < m && col < n) c[blockIdx.z * scz + row * scm + col * scn] = acc;
-}
-"""
-_GEMM_NAMES = {np.dtype(np.float32): "gemm<float>", np.dtype(np.float64): "gemm<double>"}
-_kernels = {}
 
 
-def _gemm(dtype):
-    if not _kernels:
-        module = cupy.RawModule(code=_GEMM_SOURCE, options=("-std=c++14",), name_expressions=list(_GEMM_NAMES.values()))
-        _kernels.update({d: module.get_function(name) for d, name in _GEMM_NAMES.items()})
-    return _kernels[np.dtype(dtype)]
+class CudaGraphs:
+    """`twin.train_step` and `twin.forward` (a gpu.GpuTwin) replayed as CUDA graphs, one per batch size and kind."""
 
+    def __init__(self, twin):
+        self.twin = twin
+        self.stream = cupy.cuda.Stream(non_blocking=True)  # recording needs a stream other than the default one
+        self.graphs = {}  # (kind, batch size) -> cupy.cuda.Graph
+        self.seen = set()  # (kind, batch size) run once eagerly
 
-def matmul(a, b, out=None):
-    """a (M, K) @ b (K, N) -> out (M, N), any strides, without cuBLAS (so a CUDA graph can capture it).
+    def train_step(self, x, y):
+        """twin.train_step(x, y); (loss, correct) are overwritten by the next step of this batch size."""
+        twin = self.twin
+        b = twin.stage_train(x, y)
+        self._run(("train", b.n), lambda: twin.run_train(b))
+        twin.finish_train()
+        return b.loss, b.correct
 
-    When the output has few tiles and K is long (a weight gradient: K is the batch times the pixels), K is cut
-    into slices whose partial products are summed afterwards, so that enough blocks run at once.
-    """
-    (m, k), (k2, n) = a.shape, b.shape
-    if k != k2 or a.dtype != b.dtype or (out is not None and (out.shape != (m, n) or out.dtype != a.dtype)):
-        raise ValueError(f"matmul: shapes {a.shape} @ {b.shape}, dtypes {a.dtype} and {b.dtype}")
-    if out is None:
-        out = cupy.empty((m, n), dtype=a.dtype)
-    tiles = -(-n // 16) * -(-m // 16)
-    splits = max(1, min(-(-k // 512), -(-256 // tiles)))  # slices of at least 512 until about 256 blocks
-    kc = -(-k // splits)
-    target = out if splits == 1 else cupy.empty((splits, m, n), dtype=a.dtype)
-    size = a.itemsize
-    strides = [np.int64(s // size) for s in (*a.strides, *b.strides, *target.strides[-2:])]
-    scz = np.int64(target.strides[0] // size if splits > 1 else 0)
-    grid = (-(-n // 16), -(-m // 16), splits)
-    sizes = [np.int32(v) for v in (m, n, k, kc)]
-    _gemm(a.dtype)(grid, (16, 16, 1), (a, b, target, *sizes, *strides, scz))
-    if splits > 1:
-        cupy.sum(target, axis=0, out=out)
-    return out
+    def forward(self, x):
+        """twin.forward(x); the logits are overwritten by the next forward pass of this batch size."""
+        b = self.twin.stage_forward(x)
+        self._run(("forward", b.n), lambda: self.twin.run_forward(b))
+        return b.logits
 
+    def _run(self, key, launches):
+        graph = self.graphs.get(key)
+        if graph is None:
+            if key not in self.seen:
+                self.seen.add(key)
+                launches()
+                return
+            graph = self.graphs[key] = self._record(launches)
+        graph.launch(stream=cupy.cuda.get_current_stream())
 
-@contextlib.contextmanager
-def capturable():
-    """Run lenet's CuPy code without cuBLAS (for warm-up and capture): backend.matmul uses `matmul` above."""
-    before, backend.matmul_override = backend.matmul_override, matmul
-    try:
-        yield
-    finally:
-        backend.matmul_override = before
-
-
-class GraphStep:
-    """`step(optimizer, x, y)` (an eager training step, e.g. DataParallel's) for one batch shape, from a CUDA graph.
-
-    The first WARMUP calls run the step eagerly, on the graph's stream and memory pool and without cuBLAS: they are
-    real training steps, and they compile every kernel and fill the pool. The next call records the step as a graph
-    (recording runs nothing) and replays it; every later call copies the batch in and replays. The same numbers come
-    out as from eager steps, up to the rounding of a different matrix-product kernel. (loss, correct) are device
-    arrays of the graph's, overwritten by the next call: read or add them before that.
-    """
-
-    WARMUP = 2
-
-    def __init__(self, step, optimizer, x, y):
-        self.step, self.optimizer = step, optimizer
-        self.stream = cupy.cuda.Stream(non_blocking=True)
-        self.pool = cupy.cuda.MemoryPool()  # the graph's own: nothing else allocates from it
-        self.calls, self.graph, self.result = 0, None, None
-        with self._own():
-            self.x, self.y = cupy.empty_like(x), cupy.empty_like(y)
-            self.coefficients = cupy.empty(len(optimizer.coefficients(1)), dtype=optimizer.params[0].data.dtype)
-
-    @contextlib.contextmanager
-    def _own(self):
-        """Run on the graph's stream and pool without cuBLAS, ordered after and before the default stream's work."""
-        null = cupy.cuda.Stream.null
-        self.stream.wait_event(null.record())
-        try:
-            with cupy.cuda.using_allocator(self.pool.malloc), self.stream, capturable():
-                yield
-        finally:
-            null.wait_event(self.stream.record())
-
-    def _write_coefficients(self):
-        values = list(self.optimizer.coefficients(self.optimizer.steps + 1).values())
-        self.coefficients.set(np.asarray(values, dtype=self.coefficients.dtype))
-
-    def __call__(self, x, y):
-        opt = self.optimizer
-        self._write_coefficients()  # on the default stream, before the step's work
-        self.x[...], self.y[...] = x, y
-        self.calls += 1
-        if self.graph is None:
-            with self._own():
-                opt.device_coefficients = self.coefficients
-                try:
-                    if self.calls <= self.WARMUP:
-                        return self.step(opt, self.x, self.y)
-                    self._record()
-                finally:
-                    opt.device_coefficients = None
-        opt.steps += 1
-        self.graph.launch(stream=cupy.cuda.Stream.null)
-        return self.result
-
-    def _record(self):
-        steps = self.optimizer.steps
-        self.stream.begin_capture()
-        try:
-            self.result = self.step(self.optimizer, self.x, self.y)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.stream.end_capture()
-            raise
-        finally:
-            self.optimizer.steps = steps  # recording took no step: the replay does
-        self.graph = self.stream.end_capture()
+    def _record(self, launches):
+        """The launches as a graph (recording runs nothing)."""
+        with self.stream:
+            self.stream.begin_capture()
+            try:
+                launches()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.stream.end_capture()
+                raise
+            return self.stream.end_capture()

@@ -1,83 +1,92 @@
-"""Data parallelism on the CPU: workers that each run part of a batch, each with a one-thread BLAS.
+"""Data parallelism on the CPU: workers that each run part of a batch through the model's fused twin.
 
 What it must equal: trainer.train_step on the whole batch (forward, mean loss, backward, optimizer step), the same
-numbers up to the rounding of adding the chunks' gradients (tests/test_fast.py: 1e-12 in float64), and the same bits
-whatever the number of threads. `benchmarks/run.py` measures what it gains.
+numbers up to the rounding of adding the chunks' gradients (tests/test_parallel.py: 1e-12 in float64), and the same
+bits whatever the number of threads. `benchmarks/run.py` measures what it gains.
 
-A batch is cut into chunks, which the workers take in turn: the calling thread and, on Linux, worker processes
-(processes.py), elsewhere Python threads (NumPy releases the GIL inside ufuncs and BLAS calls), each thread with its
-own replica of the model (shared weights, own caches and gradients). How a batch is cut depends on its size alone,
-and the chunks' gradients are added in chunk order, so the result is the same, bit for bit, whatever the number of
-workers. The loss is the mean over the whole batch: each chunk's loss gradient is scaled by its share.
+A batch is cut into chunks, which the workers take from a queue, each the next one as soon as it is free: the
+calling thread and, on Linux, worker processes (processes.py), elsewhere Python threads (NumPy releases the GIL
+inside ufuncs and BLAS calls), each thread with its own replica of the twin (shared weights, own caches and
+gradients). Every worker runs chunk.chunk_step, the core's train_step on its chunk. How a batch is cut depends on its
+size alone, and the chunks' gradients are added in chunk order, so the result is the same, bit for bit, whatever the
+number of workers and whoever took which chunk. The loss is the mean over the whole batch: each chunk's loss gradient
+is scaled by its share. A worker that other programs keep off its core takes fewer chunks, or none, and the step
+does not wait for it.
 
-BLAS runs one thread per call during a step, also when the batch is too small to split: OpenBLAS's own threads
-spin while they wait (lenet/fast/tuning.py).
+The process settings the workers need (one BLAS thread per call, a short switch interval for threads) are made once
+by the entry points (lenet/fast/tuning.py's tune_process), not here.
 """
 
-import contextlib
+import math
 import os
-import sys
 import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..backend import cpu_cores
 from ..layers import SoftmaxCrossEntropy
-from . import processes as _processes
-from .tuning import one_thread_blas
-
-# With the default 5 ms switch interval a thread that wants the GIL back can wait long between the many
-# short NumPy calls of a LeNet step; a shorter one lets the two threads interleave.
-SWITCH_INTERVAL_S = 5e-4
+from .chunk import chunk_step
+from .contention import CpuWatch
+from .fused import FusedLeNet5
+from .processes import SPIN_S, ChunkError, WorkerError, WorkerGroup, share_parameters
+from .processes import available as processes_available
 
 
 def default_threads(xp):
     """Threads for data parallelism: one per core on NumPy, 1 on CuPy (the GPU is one device)."""
-    if xp is not np:
-        return 1
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return cpu_cores() if xp is np else 1
 
 
-def chunk_step(model, loss_fn, x, y, n):
-    """Forward, loss and backward of one chunk (x, y) of a batch of n images: (its share of the mean loss, its hits,
-    its gradients). What every worker, thread or process, runs on each of its chunks."""
-    logits = model.forward(x)
-    loss = loss_fn.forward(logits, y)
-    dlogits = loss_fn.backward()
-    if x.shape[0] != n:
-        loss = loss * (x.shape[0] / n)
-        dlogits *= dlogits.dtype.type(x.shape[0] / n)
-    model.backward(dlogits)
-    # Each backward pass gives its layers new gradient arrays, so keeping these references is safe.
-    return loss, (logits.argmax(axis=1) == y).sum(), [p.grad for p in model.parameters()]
+def busy_message(others, cores, active, threads):
+    """The one line train.py prints when other programs first take a share of the cores."""
+    if active < threads:
+        doing = f"lenet now runs its steps on {active} of its {threads} workers, and on all once the cores free up"
+    else:
+        doing = f"lenet's {threads} workers now sleep instead of polling while they wait for each other"
+    return f"other programs are using the CPU (about {others:.1f} of the {cores} cores lenet runs on): {doing}"
 
 
 class DataParallel:
-    """Runs training steps and inference of `model` over chunks of each batch, on `threads` workers.
+    """Runs training steps and inference of `model`, a fused twin (lenet.fast.fuse), over chunks of each batch, on
+    `threads` workers.
 
     A batch of at least `split_at` images is cut into two chunks or more, of at most `max_chunk` images in a
     training step and `max_forward_chunk` in a forward pass (beyond them the buffers fall out of cache; a forward
     pass, which keeps less, ran fastest in smaller chunks: docs/speed.md); smaller batches run whole, in the
-    calling thread. Chunk c
-    goes to worker c % threads, worker 0 being the calling thread. On Linux the other workers are processes
-    (lenet/fast/processes.py): each pays a chunk's many short NumPy calls on its own core, so batches split
-    from 16 images. Elsewhere (or with processes=False) they are threads with replicas of the model;
+    calling thread. The workers, the calling thread among them, take the chunks from a queue. On Linux the other
+    workers are processes (lenet/fast/processes.py): each pays a chunk's many short NumPy calls on its own core, so
+    batches split from 16 images. Elsewhere (or with processes=False) they are threads with replicas of the twin;
     a small chunk's short NumPy calls hold the GIL most of the time, so threads split only from 96 images
-    (docs/speed.md). A batch of one chunk is exactly trainer.train_step.
+    (docs/speed.md). A batch of one chunk is exactly train_step on the twin.
+
+    While the worker processes run, a CpuWatch (lenet/fast/contention.py) measures what other programs take of the
+    cores. The worker processes start once it has found the machine quiet (the calling process runs the chunks
+    alone until then: a fifth of a second). Beside other programs the chunks go to as many workers as the others
+    leave whole cores (the calling process alone, beside one busy program on two cores: its worker would share a core
+    with it), lenet's processes sleep while they wait instead of polling, and `notify` (train.py's warning channel)
+    is told so once, in one line, the first time the machine is found busy.
     """
 
-    def __init__(self, model, threads=2, split_at=None, max_chunk=128, max_forward_chunk=64, processes=None):
+    def __init__(
+        self, model, threads=2, split_at=None, max_chunk=128, max_forward_chunk=64, processes=None, notify=None
+    ):
+        if not isinstance(model, FusedLeNet5):  # every worker rebuilds the fused twin: the caller must run it too
+            raise TypeError("DataParallel runs a fused twin: DataParallel(lenet.fast.fuse(model), ...)")
         self.model, self.threads = model, threads
         self.on_cpu = model.xp is np  # a GPU wants the whole batch in one go, and has no BLAS threads to tame
         if processes is None:
-            processes = self.on_cpu and _processes.available()
+            processes = self.on_cpu and processes_available()
         self.processes = bool(processes) and self.on_cpu
         self.split_at = split_at if split_at is not None else (16 if self.processes else 96)
         self.max_chunk, self.max_forward_chunk = max_chunk, max_forward_chunk
         self.loss_fns = [SoftmaxCrossEntropy() for _ in range(threads)]
         self._replicas, self._pool = None, None  # made when threads first run chunks
-        self._workers, self._weights = [], None  # made when processes first run chunks
+        self._group, self._weights = None, None  # made when processes first run chunks
+        self.notify, self.watch, self._told = notify, None, False  # watch: made when processes first run chunks
+        self.active = threads  # the workers that take chunks now: fewer while other programs use the cores
+        self.takers = []  # who ran each chunk of the last batch: 0 the caller (on threads, the thread with its twin)
 
     def chunks(self, n, max_chunk=None):
         """[(start, stop)] of the chunks of a batch of n images (of at most max_chunk, default self.max_chunk);
@@ -87,22 +96,6 @@ class DataParallel:
         k = max(2, -(-n // (max_chunk or self.max_chunk)))
         bounds = [round(i * n / k) for i in range(k + 1)]
         return list(zip(bounds[:-1], bounds[1:], strict=True))
-
-    @contextlib.contextmanager
-    def _settings(self, parallel):
-        """Process-wide settings that hold only during a step: a one-thread BLAS (NumPy), a short switch interval
-        (threads)."""
-        if not self.on_cpu:
-            yield
-            return
-        old = sys.getswitchinterval()
-        if parallel and not self.processes:
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
-        try:
-            with one_thread_blas():
-                yield
-        finally:
-            sys.setswitchinterval(old)
 
     def _train_chunk(self, r, x, y, n):
         return chunk_step(self._replica(r), self.loss_fns[r], x, y, n)
@@ -115,8 +108,8 @@ class DataParallel:
         return self._replicas[r - 1]
 
     def _run(self, op, x, y):
-        """op ("train" or "forward") on every chunk of the batch, the workers taking chunks in turn: the results in
-        chunk order ((loss, hits, grads) or logits)."""
+        """op ("train" or "forward") on every chunk of the batch, the workers taking the next chunk as they come
+        free: the results in chunk order ((loss, hits, grads) or logits)."""
         n = x.shape[0]
         chunks = self.chunks(n, self.max_chunk if op == "train" else self.max_forward_chunk)
         workers = min(self.threads, len(chunks))
@@ -127,61 +120,78 @@ class DataParallel:
                 return self._train_chunk(r, x[lo:hi], y[lo:hi], n)
             return self._replica(r).forward(x[lo:hi])
 
-        with self._settings(parallel=workers > 1):
-            if workers == 1:
+        self.takers = [0] * len(chunks)
+        if workers == 1:
+            return [local(0, c) for c in range(len(chunks))]
+        if self.processes:
+            try:
+                return self._run_on_processes(op, x, y, chunks, workers, local)
+            except ChunkError:  # raise here, where the caller's errstate and warnings hold
                 return [local(0, c) for c in range(len(chunks))]
-            if self.processes:
-                try:
-                    return self._run_on_processes(op, x, y, chunks, workers, local)
-                except _processes.ChunkError:  # raise here, where the caller's errstate and warnings hold
-                    return [local(0, c) for c in range(len(chunks))]
-                except _processes.WorkerError as e:  # the chunks stay as they were: the same numbers on threads
-                    warnings.warn(f"{e}; the chunks run on threads from now on", stacklevel=3)
-                    self.processes = False
-            errors = np.geterr()  # np.errstate is per thread: carry the caller's into the workers
+            except WorkerError as e:  # the chunks stay as they were: the same numbers on threads
+                warnings.warn(f"{e}; the chunks run on threads from now on", stacklevel=3)
+                self.processes = False
+        errors = np.geterr()  # np.errstate is per thread: carry the caller's into the workers
+        queue = iter(range(len(chunks)))  # next() on it is atomic under the GIL: each chunk goes to one thread
+        results = [None] * len(chunks)
 
-            def share(t):
-                with np.errstate(**errors):
-                    return [local(t, c) for c in range(t, len(chunks), workers)]
+        def take(t):
+            with np.errstate(**errors):
+                for c in queue:
+                    results[c], self.takers[c] = local(t, c), t
 
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads)
-            per_thread = list(self._pool.map(share, range(workers)))
-        return [per_thread[c % workers][c // workers] for c in range(len(chunks))]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads)
+        list(self._pool.map(take, range(workers)))
+        return results
 
     def _run_on_processes(self, op, x, y, chunks, workers, local):
-        """_run with workers 1.. as processes: each is sent its chunks, the calling process runs its own meanwhile."""
+        """_run with workers 1.. as processes, which take chunks from the same queue as the calling process; on as
+        many of them as the cores that other programs leave free (self.active), the calling process alone at least."""
         self.model.check_input(x)  # a wrong batch fails here, as it would in the model, before any worker sees it
         self._share_weights()
+        if self.watch is None:
+            self.watch = CpuWatch(lambda: [w.process.pid for w in self._workers])
+        results = None
         try:
-            while len(self._workers) < workers - 1:
-                self._workers.append(_processes.Worker(self.model, self._weights[0]))
-            for w, worker in enumerate(self._workers[: workers - 1], start=1):
-                worker.send(op, x, y, chunks[w::workers], x.shape[0])
-            results = [None] * len(chunks)
-            for c in range(0, len(chunks), workers):  # this process's own chunks, while the workers run theirs
-                results[c] = local(0, c)
-            dtype = self.model.dtype.type
-            for w, worker in enumerate(self._workers[: workers - 1], start=1):
-                worker.wait()
-                at = 0
-                for i, c in enumerate(range(w, len(chunks), workers)):
-                    lo, hi = chunks[c]
-                    if op == "forward":
-                        results[c] = worker.io["logits"][at : at + hi - lo]
-                    else:
-                        loss, hits = worker.io["scalars"][i]
-                        results[c] = (dtype(loss), int(hits), worker.gradients(i))
-                    at += hi - lo
-            return results
+            if self._group is None:
+                self._group = WorkerGroup(self.model, self._weights[0])
+                self._group.set_spin(SPIN_S if self.watch.busy is False else 0)
+            if self.watch.busy is False:  # started once the machine is known quiet: a start takes CPU from the step
+                self._group.grow(min(self.active, workers) - 1)
+            if self.active > 1 and self._group.workers:
+                results = self._group.run(op, x, y, chunks, lambda c: local(0, c))
+                self.takers = self._group.takers
+            else:
+                self._group.check_workers()  # idle, but a worker that ended is noticed all the same
+        except ChunkError:  # every chunk was answered: the workers stay, idle, and _run runs the chunks here
+            raise
         except BaseException:  # Ctrl-C, or a worker's failure: a worker may be mid-chunk, so start afresh next time
             self._close_workers()
             raise
+        if results is None:  # the machine not measured yet, or the others leave one core: the chunks run here
+            results = [local(0, c) for c in range(len(chunks))]
+        if self.watch.update():
+            self._adapt()
+        return results
+
+    def _adapt(self):
+        """After each measured window: how many workers take chunks, whether they poll, and the user told once."""
+        busy, cores = self.watch.busy, len(self.watch.cpus)
+        self._group.set_spin(SPIN_S if busy is False else 0)
+        if not busy:
+            self.active = self.threads
+            return
+        taken = math.floor(self.watch.others + 0.5)  # the cores the others take, to the nearest whole one
+        self.active = max(1, min(self.threads, cores - taken))
+        if self.notify is not None and not self._told:
+            self._told = True
+            self.notify(busy_message(self.watch.others, cores, self.active, self.threads))
 
     def _share_weights(self):
         """Put the model's parameters in shared memory (again, if something gave a parameter a new array)."""
         if self._weights is None:
-            fd, shared = _processes.share_parameters(self.model)
+            fd, shared = share_parameters(self.model)
             views = [(p, shared[name]) for name, p in self.model.named_parameters()]  # each parameter, its view
             self._weights = (fd, views, weakref.finalize(self, os.close, fd))  # closed by close(), or when collected
             return
@@ -208,10 +218,15 @@ class DataParallel:
         out = self._run("forward", x, None)
         return out[0] if len(out) == 1 else self.model.xp.concatenate(out)
 
+    @property
+    def _workers(self):
+        """The worker processes running now ([] on threads, or before the first split batch)."""
+        return self._group.workers if self._group is not None else []
+
     def _close_workers(self):
-        workers, self._workers = self._workers, []  # taken first: a second Ctrl-C here must not close one twice
-        for worker in workers:
-            worker.close()
+        group, self._group = self._group, None  # taken first: a second Ctrl-C here must not close it twice
+        if group is not None:
+            group.close()
 
     def close(self):
         if self._pool is not None:

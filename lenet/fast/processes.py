@@ -1,46 +1,70 @@
-"""Worker processes for data parallelism on Linux: each runs its share of a batch's chunks in a Python of its own.
+"""Worker processes for data parallelism on Linux: each takes chunks of a batch from a queue, in a Python of its own.
 
 What it must equal: the same chunks run in the calling process (parallel.DataParallel with one thread), bit for bit.
 A worker runs the same code on the same numbers: its model's parameters are the caller's own arrays (shared memory),
-and what it computes (each chunk's loss, hits and gradients, or its logits) is copied back exactly.
-tests/test_fast.py holds DataParallel to that for every number of workers.
+and what it computes (each chunk's loss, hits and gradients, or its logits) is copied back exactly. Which process
+computes a chunk changes no number, so the queue below may hand any chunk to any of them.
+tests/test_parallel.py holds DataParallel to that for every number of workers, and with a worker made slow.
 
 Why processes and not only threads: a small chunk is mostly short NumPy calls that hold the GIL, and on a virtual
 machine each hand-over of the GIL between two threads waits for the other core to wake up. Two threads on half a batch
 of 32 each were slower than one thread on all of it; two processes share no GIL, so each pays its chunk's fixed costs
 at the same time as the other (docs/speed.md has the figures).
 
+Why a queue: on a real laptop other programs share the cores. A fixed split of every batch waits, at every step, for
+the slowest worker, and a worker the system has not given a core to yet holds the whole step up (docs/speed.md: 3x
+slower epochs beside one busy process). Here a step puts its chunks in a queue, and whoever is free takes the next
+one, the calling process included, which takes chunks until none are left: a worker that is late takes nothing, and
+the step goes on without it.
+
 How it is built, with no fork and no code sent between the processes:
 - The parameters live in a memfd, an anonymous file in memory: never named on disk or in /dev/shm, and gone when the
   last process holding it ends, kill -9 included. `share_parameters` copies them in and points each Parameter at its
-  view, so the caller's optimizer steps update what the workers read.
+  view, so the caller's optimizer steps update what the workers read. The batch's images and labels go into a second
+  memfd that every worker reads.
+- The queue is a pipe: a step writes one token (its number, the batch size, the chunk's bounds and index) per chunk
+  in one write, and each process that reads a token owns that chunk (a pipe hands each token to exactly one reader).
+  A worker sends "done" for each chunk it took, on a socket of its own, its results in a memfd of its own.
 - A worker is a new Python (this interpreter, running `main`) in a session of its own, so Ctrl-C in a terminal reaches
-  only the caller, which decides what happens. It is given three file descriptors: its end of a socket pair, the
-  weights' memfd and a memfd of its own for the images it is sent and the results it sends back. It builds the same
-  LeNet5 (activation, pooling, dtype, fused) on the shared weights, and ends when its socket closes, however the
-  caller ended.
-- Messages are small tuples of numbers and names; the arrays go through shared memory. Both sides poll for a message
-  a little before they sleep (SPIN_S).
+  only the caller, which decides what happens. It builds the same fused twin (fused.fused_on: activation, pooling,
+  dtype) on the shared weights, runs chunk.chunk_step on its chunks as the caller does, and ends when its socket
+  closes, however the caller ended.
+- Both sides poll a little before they sleep (`spin_s`, written by the caller into the shared control block): on a
+  quiet virtual machine a sleeping core took 0.1-1 ms to wake, more than a small chunk's whole work; beside other
+  programs, polling takes a core from them and from lenet's other processes, so the caller turns it off there
+  (lenet/fast/contention.py).
 """
 
 import mmap
 import os
+import select
 import signal
+import struct
 import subprocess
 import sys
 import time
 import warnings
 import weakref
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for_connections
 
 import numpy as np
 
+from ..layers import SoftmaxCrossEntropy
 from ..model import INPUT_SHAPE, NUM_CLASSES
+from ..optim import flatten, unflatten
+from .chunk import chunk_step
+from .fused import fused_on, settings
+from .tuning import tune_process
 
 _ALIGN = 64
-# How long a process that waits for the other side polls before it sleeps. On a virtual machine a sleeping core took
-# 0.1-1 ms to wake, more than a small chunk's whole work; polling keeps the hand-over to tens of microseconds.
+# How long a process that waits for the other side polls before it sleeps, on a quiet machine. On a virtual machine a
+# sleeping core took 0.1-1 ms to wake, more than a small chunk's whole work; polling keeps the hand-over to tens of
+# microseconds.
 SPIN_S = 2e-3
+# A chunk in the queue: step number, batch size, first and last image, chunk index, operation (0 train, 1 forward).
+TOKEN = struct.Struct("<IIIIHH")
+OPS = ("train", "forward")
 # The worker's program. `python -c` puts the current folder first on sys.path, where a `lenet/` (a checkout with
 # other edits, say) would shadow the caller's: the worker takes it off and imports lenet from where the caller did.
 _WORKER_MAIN = (
@@ -81,13 +105,15 @@ def weights_layout(model):
     return [(name, tuple(p.shape), model.dtype.str) for name, p in model.named_parameters()]
 
 
-def io_layout(images, chunks, n_params, dtype):
-    """What one worker is sent and sends back: its images and labels, logits, and per chunk (loss, hits) and the
-    flat gradient."""
+def batch_layout(images, dtype):
+    """What every worker reads: the batch's images and labels, and the control block (spin_s)."""
+    return [("x", (images, *INPUT_SHAPE), np.dtype(dtype).str), ("y", (images,), "<i8"), ("spin_s", (1,), "<f8")]
+
+
+def results_layout(images, chunks, n_params, dtype):
+    """What one worker sends back: logits of the images it ran, and per chunk (loss, hits) and the flat gradient."""
     dtype = np.dtype(dtype).str
     return [
-        ("x", (images, *INPUT_SHAPE), dtype),
-        ("y", (images,), "<i8"),
         ("logits", (images, NUM_CLASSES), dtype),
         ("scalars", (chunks, 2), "<f8"),
         ("grads", (chunks, n_params), dtype),
@@ -105,23 +131,160 @@ def share_parameters(model):
     return fd, shared
 
 
+class WorkerGroup:
+    """Worker processes and the calling process, taking the chunks of each batch from one queue.
+
+    run(op, x, y, chunks, local) puts the chunks in the queue and takes chunks itself (running local(c) on each)
+    until none are left, then waits for those the workers took. The results come back in chunk order, whoever
+    computed them.
+    """
+
+    def __init__(self, model, weights_fd):
+        self.model, self.weights_fd = model, weights_fd
+        self.workers, self.step, self.takers = [], 0, []
+        self.spin_s = SPIN_S
+        # What the group holds outside Python objects, freed once: by close(), or when this object is collected.
+        self._held = _Held(os.memfd_create("lenet-batch", os.MFD_CLOEXEC), *os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK))
+        self._release = weakref.finalize(self, self._held.release)
+        self.batch, self.capacity = None, 0  # the batch's shared memory, and the images it holds
+
+    def grow(self, count):
+        """Start workers until there are `count` of them."""
+        while len(self.workers) < count:
+            self.workers.append(Worker(self.model, (self.weights_fd, self._held.batch_fd, self._held.tokens[0])))
+            if self.batch is not None:
+                self.workers[-1].send(("batch", batch_layout(self.capacity, self.model.dtype)))
+
+    def set_spin(self, seconds):
+        """How long every process of the group polls before it sleeps (0: sleep at once)."""
+        self.spin_s = seconds
+        if self.batch is not None:
+            self.batch["spin_s"][0] = seconds
+
+    def run(self, op, x, y, chunks, local):
+        """local(c) -> result for the chunks the caller takes; [result of each chunk] in chunk order. The caller
+        takes the first chunk before the queue opens (so its images need no copy), then the next free ones."""
+        self.check_workers()
+        self._reserve(x.shape[0], len(chunks), op)
+        self._put(op, x, y, chunks)
+        self.takers = [0] * len(chunks)  # who ran each chunk: 0 the caller, w + 1 worker w (for tests and figures)
+        results = [local(0), *([None] * (len(chunks) - 1))]
+        while (token := self._take()) is not None:  # the caller takes chunks as long as any are left
+            results[token[4]] = local(token[4])
+        return self._collect(op, chunks, results)
+
+    def check_workers(self):
+        """Raise WorkerError if a worker ended (between steps a worker says nothing, so anything to read is that);
+        send each the caller's NumPy error state if it changed."""
+        errors = np.geterr()
+        for worker in self.workers:
+            if worker.conn.poll(0):
+                raise WorkerError(f"a worker answered out of turn: {worker.receive()[:3]}")
+            if worker.errors != errors:
+                worker.send(("errors", errors))
+                worker.errors = errors
+
+    def _put(self, op, x, y, chunks):
+        """Copy the batch but its first chunk into shared memory, then put those chunks in the queue."""
+        n, start = x.shape[0], chunks[0][1]
+        self.batch["x"][start:n] = x[start:]
+        if y is not None:
+            self.batch["y"][start:n] = y[start:]
+        self.step = (self.step + 1) % (1 << 32)
+        tokens = (TOKEN.pack(self.step, n, lo, hi, c, OPS.index(op)) for c, (lo, hi) in enumerate(chunks) if c)
+        os.write(self._held.tokens[1], b"".join(tokens))
+
+    def _collect(self, op, chunks, results):
+        """Wait for the chunks the workers took (those still None in `results`), and fill them in."""
+        waiting, dtype = {w.conn: i for i, w in enumerate(self.workers)}, self.model.dtype.type
+        missing, failed = sum(r is None for r in results), None
+        deadline = time.perf_counter() + self.spin_s
+        while missing:
+            ready = [conn for conn in waiting if conn.poll(0)]
+            if not ready:
+                if time.perf_counter() < deadline:
+                    continue
+                ready = wait_for_connections(list(waiting))
+            for conn in ready:
+                worker = self.workers[waiting[conn]]
+                answer, step, c, details = worker.receive()
+                self.takers[c] = waiting[conn] + 1
+                if step != self.step:  # cannot happen: every chunk of a step is answered before the next starts
+                    raise WorkerError(f"a worker answered step {step} in step {self.step}")
+                missing -= 1
+                if answer != "done":
+                    failed = f"a chunk failed in a worker process ({details})"
+                    continue
+                worker.replay_warnings(details)
+                lo, hi = chunks[c]
+                if op == "forward":
+                    results[c] = worker.results["logits"][lo:hi]
+                else:
+                    loss, hits = worker.results["scalars"][c]
+                    results[c] = (dtype(loss), int(hits), worker.gradients(c))
+            deadline = time.perf_counter() + self.spin_s
+        if failed:
+            raise ChunkError(failed)
+        return results
+
+    def _take(self):
+        """The next token in the queue, or None when it is empty."""
+        try:
+            data = os.read(self._held.tokens[0], TOKEN.size)
+        except BlockingIOError:
+            return None
+        return TOKEN.unpack(data)
+
+    def _reserve(self, images, chunks, op):
+        """Make the shared memory hold a batch of `images`, and each worker's results for `chunks` chunks."""
+        if images > self.capacity:
+            self.capacity = images
+            layout = batch_layout(images, self.model.dtype)
+            self.batch = SharedArrays(self._held.batch_fd, layout, create=True)
+            self.batch["spin_s"][0] = self.spin_s
+            for worker in self.workers:
+                worker.send(("batch", layout))
+        for worker in self.workers:
+            worker.reserve(images, chunks if op == "train" else 0)  # a forward pass sends back no gradients
+
+    def close(self):
+        """End the workers and free the group's memory and descriptors (again: nothing more)."""
+        workers, self.workers = self.workers, []  # taken first: a second Ctrl-C here must not close one twice
+        for worker in workers:
+            worker.close()
+        self._release()
+        self.batch = None  # the mapping, which holds a descriptor of its own
+
+
+class _Held:
+    def __init__(self, batch_fd, tokens_out, tokens_in):
+        self.batch_fd, self.tokens = batch_fd, (tokens_out, tokens_in)
+
+    def release(self):
+        if self.batch_fd is not None:
+            for fd in (self.batch_fd, *self.tokens):
+                os.close(fd)
+            self.batch_fd = None
+
+
 class Worker:
     """One worker process and its shared memory, seen from the calling process."""
 
-    def __init__(self, model, weights_fd):
+    def __init__(self, model, shared_fds):
         self.n_params = model.num_params()
         self.shapes = [tuple(p.shape) for p in model.parameters()]
-        self._gradients = {}  # chunk slot -> its per-parameter views of io["grads"]
+        self._gradients = {}  # chunk index -> its per-parameter views of results["grads"]
         self.dtype = model.dtype
-        self.io, self.capacity = None, (0, 0)  # (images, chunks) the mapping holds
+        self.results, self.capacity = None, (0, 0)  # (images, chunks) the mapping holds
+        self.errors = None  # the NumPy error state the worker was last sent
         # What the worker holds outside Python objects, freed once: by close(), or when this object is collected
         # or Python exits without close() (also when Ctrl-C lands in the middle of this constructor).
-        self._held = _Held(os.memfd_create("lenet-worker", os.MFD_CLOEXEC))
+        self._held = _WorkerHeld(os.memfd_create("lenet-worker", os.MFD_CLOEXEC))
         self._release = weakref.finalize(self, self._held.release)
-        self.io_fd = self._held.io_fd
+        self.results_fd = self._held.results_fd
         ours, theirs = _socketpair()
         self.conn = self._held.conn = Connection(ours)
-        fds = (theirs, weights_fd, self.io_fd)
+        fds = (theirs, self.results_fd, *shared_fds)
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         try:
             self.process = self._held.process = subprocess.Popen(
@@ -136,13 +299,19 @@ class Worker:
             raise WorkerError(f"could not start a worker process ({e})") from e
         finally:
             os.close(theirs)
-        settings = {"activation": model.activation, "pool": model.pool, "dtype": model.dtype.name, "fused": model.fused}
-        self._send(("start", settings, weights_layout(model)))
+        self.send(("start", settings(model), weights_layout(model)))
 
-    def _send(self, message):
+    def send(self, message):
         try:
             self.conn.send(message)
         except OSError as e:
+            raise self._ended() from e
+
+    def receive(self):
+        """The worker's next answer: (answer, step, chunk, details)."""
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError) as e:
             raise self._ended() from e
 
     def _ended(self):
@@ -153,64 +322,36 @@ class Worker:
         return WorkerError(f"a worker process ended (exit status {status})")
 
     def reserve(self, images, chunks):
-        """Make the shared mapping hold at least `images` images and `chunks` chunks' results."""
+        """Make the worker's results mapping hold at least `images` images and `chunks` chunks."""
         if images <= self.capacity[0] and chunks <= self.capacity[1]:
             return
         self.capacity = (max(images, self.capacity[0]), max(chunks, self.capacity[1]))
-        layout = io_layout(*self.capacity, self.n_params, self.dtype)
-        self.io = SharedArrays(self.io_fd, layout, create=True)
+        layout = results_layout(*self.capacity, self.n_params, self.dtype)
+        self.results = SharedArrays(self.results_fd, layout, create=True)
         self._gradients = {}
-        self._send(("map", layout))
+        self.send(("results", layout))
 
-    def gradients(self, slot):
-        """The per-parameter gradients the worker wrote for its chunk `slot` (views of shared memory)."""
-        if slot not in self._gradients:
-            flat, views, start = self.io["grads"][slot], [], 0
-            for shape in self.shapes:
-                size = int(np.prod(shape))
-                views.append(flat[start : start + size].reshape(shape))
-                start += size
-            self._gradients[slot] = views
-        return self._gradients[slot]
+    def gradients(self, c):
+        """The per-parameter gradients the worker wrote for chunk c (views of shared memory)."""
+        if c not in self._gradients:
+            self._gradients[c] = unflatten(self.results["grads"][c], self.shapes)
+        return self._gradients[c]
 
-    def send(self, op, x, y, chunks, n):
-        """Start `op` ("train" or "forward") on the chunks [(lo, hi)] of the batch x, y (the whole batch's size n)."""
-        images = sum(hi - lo for lo, hi in chunks)
-        self.reserve(images, len(chunks) if op == "train" else 0)  # a forward pass sends back no gradients
-        local, at = [], 0
-        for lo, hi in chunks:  # the worker's chunks, one after another in its own buffer
-            self.io["x"][at : at + hi - lo] = x[lo:hi]
-            if y is not None:
-                self.io["y"][at : at + hi - lo] = y[lo:hi]
-            local.append((at, at + hi - lo))
-            at += hi - lo
-        self._send((op, local, n, np.geterr()))
-        return local
-
-    def wait(self):
-        """Block until the worker has answered the last send(), then give the caller the warnings it raised.
-
-        Raises WorkerError if the worker ended, ChunkError if a chunk raised there (a FloatingPointError under
-        np.errstate(all="raise"), say): the worker is still there, and the caller runs the chunks itself.
-        """
-        try:
-            answer, details = receive(self.conn)
-        except (EOFError, OSError) as e:
-            raise self._ended() from e
-        if answer != "done":
-            raise ChunkError(f"a chunk failed in a worker process ({details})")
-        for category, message in details:  # through the caller's warnings filters, as on a thread
-            warnings.warn(message, _WARNINGS.get(category, RuntimeWarning), stacklevel=4)
+    @staticmethod
+    def replay_warnings(details):
+        """The warnings a chunk raised in the worker, raised here, through the caller's warnings filters."""
+        for category, message in details:
+            warnings.warn(message, _WARNINGS.get(category, RuntimeWarning), stacklevel=5)
 
     def close(self):
         """End the worker and free its memory and descriptors (again: nothing more)."""
         self._release()
-        self.io, self._gradients = None, {}  # the mapping, which holds a descriptor of its own
+        self.results, self._gradients = None, {}  # the mapping, which holds a descriptor of its own
 
 
-class _Held:
-    def __init__(self, io_fd):
-        self.io_fd, self.conn, self.process = io_fd, None, None
+class _WorkerHeld:
+    def __init__(self, results_fd):
+        self.results_fd, self.conn, self.process = results_fd, None, None
 
     def release(self):
         if self.conn is not None:
@@ -222,9 +363,9 @@ class _Held:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.io_fd is not None:
-            os.close(self.io_fd)
-            self.io_fd = None
+        if self.results_fd is not None:
+            os.close(self.results_fd)
+            self.results_fd = None
 
 
 class WorkerError(RuntimeError):
@@ -239,14 +380,6 @@ class ChunkError(WorkerError):
 _WARNINGS = {c.__name__: c for c in (RuntimeWarning, UserWarning, DeprecationWarning)}
 
 
-def receive(conn, spin_s=SPIN_S):
-    """conn.recv(), polling for up to spin_s seconds before it blocks."""
-    deadline = time.perf_counter() + spin_s
-    while not conn.poll(0) and time.perf_counter() < deadline:
-        pass
-    return conn.recv()
-
-
 def _socketpair():
     import socket
 
@@ -257,60 +390,75 @@ def _socketpair():
 
 
 # -- the worker's side ---------------------------------------------------------------------------------------------
-def serve(conn, weights_fd, io_fd):
-    """The worker's loop: build the model on the shared weights, then run what the socket asks until it closes."""
-    from ..layers import SoftmaxCrossEntropy
-    from ..model import LeNet5
-    from .parallel import chunk_step
-    from .tuning import tune_process
+class _Serving:
+    """A worker's state: its twin on the shared weights, and the shared memory it was last told of."""
 
-    tune_process()
+    def __init__(self, model):
+        self.model, self.loss_fn = model, SoftmaxCrossEntropy()
+        self.batch = self.results = None
+        self.errors = np.geterr()
+
+    def control(self, message, results_fd, batch_fd):
+        if message[0] == "batch":
+            self.batch = SharedArrays(batch_fd, message[1])
+        elif message[0] == "results":
+            self.results = SharedArrays(results_fd, message[1])
+        elif message[0] == "errors":
+            self.errors = message[1]
+
+    def chunk(self, step, n, lo, hi, c, op):
+        """Run one chunk: its answer to the caller."""
+        x = self.batch["x"][lo:hi]
+        try:
+            with np.errstate(**self.errors), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # every one goes to the caller, whose filters decide
+                if OPS[op] == "forward":
+                    self.results["logits"][lo:hi] = self.model.forward(x)
+                else:
+                    loss, hits, grads = chunk_step(self.model, self.loss_fn, x, self.batch["y"][lo:hi], n)
+                    self.results["scalars"][c] = (loss, hits)
+                    flatten(grads, out=self.results["grads"][c])
+        except Exception as e:  # reported to the caller, which runs the chunks itself
+            return ("failed", step, c, f"{type(e).__name__}: {e}")
+        return ("done", step, c, [(w.category.__name__, str(w.message)) for w in caught])
+
+
+def serve(conn, results_fd, weights_fd, batch_fd, tokens_fd):
+    """The worker's loop: build the fused twin on the shared weights, then take chunks from the queue until the socket
+    closes. Messages on the socket (where the shared memory is, the error state) come before the tokens they concern,
+    so they are read first."""
     try:
-        _, settings, layout = conn.recv()
+        _, model_settings, layout = conn.recv()
     except (EOFError, OSError):  # the caller stopped before it had started this worker
         return
-    model = LeNet5(**settings)
-    weights = SharedArrays(weights_fd, layout)
-    for name, p in model.named_parameters():
-        p.data = weights[name]
-    loss_fn = SoftmaxCrossEntropy()
-    io = None
+    state = _Serving(fused_on(SharedArrays(weights_fd, layout), **model_settings))
+    deadline = None
     while True:
         try:
-            message = receive(conn)
-        except (EOFError, OSError):  # the caller closed its end (or ended), with or without a reply unread
+            while conn.poll(0):
+                state.control(conn.recv(), results_fd, batch_fd)
+        except (EOFError, OSError):  # the caller closed its end (or ended), with or without an answer unread
             return
-        op = message[0]
-        if op == "map":
-            io = SharedArrays(io_fd, message[1])
+        try:
+            token = TOKEN.unpack(os.read(tokens_fd, TOKEN.size))
+        except BlockingIOError:  # nothing to take: poll a while, then sleep until a token or a message comes
+            now = time.perf_counter()
+            if deadline is None:
+                deadline = now + (state.batch["spin_s"][0] if state.batch is not None else SPIN_S)
+            if now >= deadline:
+                select.select([tokens_fd, conn.fileno()], [], [])
+                deadline = None
             continue
-        _, chunks, n, errors = message
+        deadline = None
         try:
-            with np.errstate(**errors), warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")  # every one goes to the caller, whose filters decide
-                for i, (lo, hi) in enumerate(chunks):
-                    x = io["x"][lo:hi]
-                    if op == "forward":
-                        io["logits"][lo:hi] = model.forward(x)
-                        continue
-                    loss, hits, grads = chunk_step(model, loss_fn, x, io["y"][lo:hi], n)
-                    io["scalars"][i] = (loss, hits)
-                    flat, start = io["grads"][i], 0
-                    for g in grads:
-                        flat[start : start + g.size] = g.reshape(-1)
-                        start += g.size
-        except Exception as e:  # reported to the caller, which runs the chunks itself
-            answer = ("failed", f"{type(e).__name__}: {e}")
-        else:
-            answer = ("done", [(w.category.__name__, str(w.message)) for w in caught])
-        try:
-            conn.send(answer)
+            conn.send(state.chunk(*token))
         except OSError:  # the caller closed the socket while this chunk ran
             return
 
 
 def main(argv):
-    """The worker's entry point: argv holds the three file descriptors (socket, weights, io)."""
+    """The worker's entry point: argv holds the file descriptors (socket, results, weights, batch, token queue)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the calling process to handle
-    conn_fd, weights_fd, io_fd = (int(a) for a in argv)
-    serve(Connection(conn_fd), weights_fd, io_fd)
+    tune_process()  # this process's settings, as any entry point makes them
+    conn_fd, results_fd, weights_fd, batch_fd, tokens_fd = (int(a) for a in argv)
+    serve(Connection(conn_fd), results_fd, weights_fd, batch_fd, tokens_fd)

@@ -1,34 +1,28 @@
-"""Process tuning for the NumPy backend: settings of the whole process that the entry points make, never a constructor.
+"""Process tuning: settings of the whole process that the entry points make once, at their top, never a runner.
 
-What it speeds up: the allocator and BLAS behaviour around a LeNet step, not its arithmetic; nothing here changes a
-single number a step computes. `benchmarks/run.py` measures a step with these settings, as train.py runs it.
+    tune_process(backend)    # train.py, test.py, the benchmarks and each worker process, before anything else
+
+What it speeds up: the allocator, BLAS and thread switching around a LeNet step, not its arithmetic; nothing here
+changes a single number a step computes. `benchmarks/run.py` measures a step with these settings, as train.py runs it.
 
 - glibc's malloc gives every freed block over 128 KiB back to the system at once (mmap/munmap), so each of a step's
   im2col buffers is fresh memory whose pages fault in on first touch; `keep_freed_memory` raises that threshold.
   (glibc raises it by itself once large blocks have been freed, which is why a run that loaded a big data set was
   fast without it; this makes every process fast.)
-- OpenBLAS's own threads spin while they wait for work; next to lenet's threads (lenet/fast/parallel.py), or with
-  anything else running on the machine, they slowed training steps by orders of magnitude. `one_thread_blas` holds BLAS
-  at one thread per call.
+- OpenBLAS's own threads spin while they wait for work; next to lenet's workers (lenet/fast/parallel.py), or with
+  anything else running on the machine, they slowed training steps by orders of magnitude. BLAS is held at one
+  thread per call: lenet's own workers use the cores.
+- With the default 5 ms switch interval a thread that wants the GIL back can wait long between the many short NumPy
+  calls of a LeNet step; a shorter one lets the worker threads (parallel.py, where processes are not used) interleave.
+  It matters only while two threads run Python.
 """
 
-import contextlib
 import ctypes
 import sys
 
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import threadpool_limits
 
-_blas = None  # a ThreadpoolController, made once: finding the BLAS libraries again each step costs a noticeable share
-
-
-def one_thread_blas():
-    """A context in which NumPy's BLAS uses one thread (it restores the previous setting on exit)."""
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController()
-    if all(lib.num_threads == 1 for lib in _blas.select(user_api="blas").lib_controllers):
-        return contextlib.nullcontext()  # already so (tune_process): checking costs a step less than limiting
-    return _blas.limit(limits=1, user_api="blas")
+SWITCH_INTERVAL_S = 5e-4
 
 
 def keep_freed_memory():
@@ -47,12 +41,10 @@ def keep_freed_memory():
 
 
 def tune_process(backend="numpy"):
-    """What train.py, test.py and the benchmarks call once at start: the settings above, for the NumPy backend.
-
-    BLAS is held at one thread for the rest of the process (lenet's own threads use the cores); returns the
-    threadpoolctl limiter, whose restore_original_limits() undoes that. None on CuPy (nothing to tune).
-    """
+    """The settings above, for the rest of the process, on the NumPy backend. Returns the threadpoolctl limiter,
+    whose restore_original_limits() gives BLAS its threads back; None on CuPy (nothing to tune)."""
     if backend != "numpy":
         return None
     keep_freed_memory()
-    return one_thread_blas()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    return threadpool_limits(limits=1, user_api="blas")

@@ -1,19 +1,29 @@
-// The page of `python demo.py`: draw on the pad, send it to POST /api/predict, draw what comes back.
-// Plain JavaScript, no framework and nothing from the internet, so it works offline for years.
-"use strict";
+// The page of `python demo.py`: draw on the pad (or pick a test image, or upload a picture), send it to
+// POST /api/predict, draw what comes back; then the backward pass, im2col and the epoch slider (their own modules).
+// Plain JavaScript modules, no framework and nothing from the internet, so it works offline for years.
+// It only draws: every number comes from lenet's Python through the JSON API.
+import { Backward } from "./backward.js";
+import {
+  api, clearError, diverging, el, grey, legend, paint, paintMaps, probabilityRows, ranged, rendered, showError,
+  startAction, stats,
+} from "./draw.js";
+import { Epochs } from "./epochs.js";
+import { Im2col } from "./im2col.js";
 
-const pad = document.getElementById("pad");
+const pad = el("pad");
 const ctx = pad.getContext("2d");
-const statusLine = document.getElementById("status");
-const sourceLine = document.getElementById("source");
+const sourceLine = el("source");
 
-// What the browser test reads: each stroke's time from lifting the pen to updated bars (ms).
-window.lenetStats = { latencies: [], responses: 0 };
+// What the panels share: the image the network sees (784 exact numbers from /api/predict), its true class when it
+// is a test image (else null), the class names and the server's description.
+const page = { pixels: null, label: null, classNames: [], info: null };
+const backward = new Backward(page, () => im2col.refresh());
+const im2col = new Im2col(page, () => backward.target(), () => backward.session);
+const epochs = new Epochs(page);
 
-let classNames = [];
 let padShowsPicture = false; // a test image or an upload is on the pad: the next stroke starts afresh
 
-// -- the drawing pad ----------------------------------------------------------------------------
+// -- the drawing pad ----------------------------------------------------------------------------------------
 
 function clearPad() {
   ctx.save();
@@ -55,6 +65,8 @@ pad.addEventListener("pointerdown", (event) => {
   ctx.lineTo(last[0] + 0.01, last[1]); // a dot for a click without a move
   ctx.stroke();
   sourceLine.textContent = "your drawing";
+  delete sourceLine.dataset.index;
+  page.label = null;
 });
 
 pad.addEventListener("pointermove", (event) => {
@@ -76,8 +88,8 @@ function endStroke(event) {
   if (pad.hasPointerCapture(event.pointerId)) pad.releasePointerCapture(event.pointerId);
   clearTimeout(soonTimer);
   soonTimer = null;
-  strokeEnd = { at: performance.now(), id: requestId + 1 }; // the next request sent carries this stroke
-  submit(padRequest);
+  startAction("stroke", ["forward", "backward", "im2col"]);
+  submit(padRequest, true);
 }
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
@@ -86,163 +98,73 @@ function padRequest() {
   return { image: pad.toDataURL("image/png") };
 }
 
-// -- requests: one in flight at a time; the newest waiting request replaces older ones -------------
+// -- the forward view: one request in flight at a time; the newest waiting request replaces older ones ---------
+// A "full" request (a finished stroke, a test image, an upload) also updates the backward and im2col panels.
 
-let requestId = 0;
 let inFlight = false;
 let waiting = null;
 let soonTimer = null;
-let strokeEnd = null;
 
 function predictSoon() {
   // While drawing: at most one request every 40 ms (the answer follows the pen, the server is not flooded).
   if (soonTimer === null) {
     soonTimer = setTimeout(() => {
       soonTimer = null;
-      submit(padRequest);
+      submit(padRequest, false);
     }, 40);
   }
 }
 
-function submit(makeRequest) {
+function submit(makeRequest, full) {
   if (inFlight) {
-    waiting = makeRequest;
+    waiting = { makeRequest, full: full || (waiting !== null && waiting.full) };
     return;
   }
   inFlight = true;
-  document.body.dataset.busy = "1";
-  const id = ++requestId;
-  fetch("/api/predict", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(makeRequest()),
-  })
-    .then((response) => response.json().then((body) => ({ ok: response.ok, body })))
-    .then(({ ok, body }) => {
-      if (!ok) throw new Error(body.error || "the server refused the request");
-      render(body, id);
-      statusLine.textContent = "";
-      statusLine.classList.remove("error");
+  api("/api/predict", makeRequest())
+    .then(({ body, r }) => {
+      renderForward(body, r);
+      clearError();
+      if (full) {
+        page.pixels = body.pixels;
+        backward.refresh();
+        im2col.refresh();
+      }
     })
-    .catch((error) => {
-      statusLine.textContent = String(error.message || error);
-      statusLine.classList.add("error");
-    })
+    .catch(showError)
     .finally(() => {
       inFlight = false;
       if (waiting) {
         const next = waiting;
         waiting = null;
-        submit(next);
-      } else {
-        document.body.dataset.busy = "0";
+        submit(next.makeRequest, next.full);
       }
     });
 }
 
-// -- drawing the answer ---------------------------------------------------------------------------
-
-// viridis at 9 points, interpolated: the colour map of the feature maps in visualize.py's pictures.
-const VIRIDIS = [
-  [68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
-  [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37],
-];
-
-function viridis(t) {
-  const x = Math.min(Math.max(t, 0), 1) * (VIRIDIS.length - 1);
-  const i = Math.min(Math.floor(x), VIRIDIS.length - 2);
-  const f = x - i;
-  return VIRIDIS[i].map((c, k) => Math.round(c + f * (VIRIDIS[i + 1][k] - c)));
-}
-
-function paint(canvas, values, colour) {
-  const c = canvas.getContext("2d");
-  const img = c.createImageData(canvas.width, canvas.height);
-  for (let i = 0; i < values.length; i++) {
-    const [r, g, b] = colour(values[i]);
-    img.data[4 * i] = r;
-    img.data[4 * i + 1] = g;
-    img.data[4 * i + 2] = b;
-    img.data[4 * i + 3] = 255;
-  }
-  c.putImageData(img, 0, 0);
-}
-
-function paintMaps(container, maps) {
-  const [count, h, w] = maps.shape;
-  const values = maps.values;
-  let lo = Infinity;
-  let hi = -Infinity;
-  for (const v of values) {
-    if (v < lo) lo = v;
-    if (v > hi) hi = v;
-  }
-  const span = hi > lo ? hi - lo : 1; // one colour scale for all maps of a layer, as in visualize.py
-  while (container.children.length < count) {
-    const canvas = document.createElement("canvas");
-    canvas.width = w;
-    canvas.height = h;
-    container.appendChild(canvas);
-  }
-  for (let m = 0; m < count; m++) {
-    const slice = values.slice(m * h * w, (m + 1) * h * w);
-    paint(container.children[m], slice, (v) => viridis((v - lo) / span));
-  }
-}
-
-function paintSaliency(values) {
-  let m = 0;
-  for (const v of values) m = Math.max(m, Math.abs(v));
-  const scale = m > 0 ? m : 1;
-  paint(document.getElementById("saliency"), values, (v) => {
-    const t = v / scale; // -1 .. 1: blue, white, red
-    const a = Math.round(255 * (1 - Math.abs(t)));
-    return t >= 0 ? [255, a, a] : [a, a, 255];
-  });
-}
-
-function makeBars() {
-  const bars = document.getElementById("bars");
-  bars.textContent = "";
-  classNames.forEach((name, k) => {
-    const row = document.createElement("div");
-    row.className = "bar-row";
-    row.dataset.class = String(k);
-    row.innerHTML = '<span class="bar-name"></span><span class="bar-track"><span class="bar-fill"></span></span>' +
-      '<span class="bar-value"></span>';
-    row.querySelector(".bar-name").textContent = name;
-    bars.appendChild(row);
-  });
-}
-
-function render(answer, id) {
-  const rows = document.querySelectorAll("#bars .bar-row");
-  answer.probabilities.forEach((p, k) => {
-    const row = rows[k];
-    row.dataset.p = String(p); // full precision, for the tests
-    row.querySelector(".bar-fill").style.width = `${(100 * p).toFixed(1)}%`;
-    row.querySelector(".bar-value").textContent = `${(100 * p).toFixed(1)}%`;
-    row.classList.toggle("top", k === answer.predicted);
-  });
-  const prediction = document.getElementById("prediction");
+function renderForward(answer, r) {
+  const t0 = performance.now();
+  probabilityRows(el("bars"), page.classNames, answer.probabilities, answer.predicted);
+  const prediction = el("prediction");
   prediction.textContent = answer.predicted_name;
   prediction.dataset.class = String(answer.predicted);
-  if (strokeEnd !== null && id >= strokeEnd.id) {
-    window.lenetStats.latencies.push(performance.now() - strokeEnd.at);
-    strokeEnd = null;
-  }
-  paint(document.getElementById("input"), answer.input, (v) => {
-    const g = Math.round(255 * v);
-    return [g, g, g];
-  });
-  paintMaps(document.getElementById("c1"), answer.c1);
-  paintMaps(document.getElementById("c3"), answer.c3);
-  paintSaliency(answer.saliency);
-  window.lenetStats.responses += 1;
-  document.body.dataset.responses = String(window.lenetStats.responses);
+  paint(el("input"), answer.input, grey, 28, 28);
+  const [lo1, hi1] = answer.c1.range;
+  const [lo3, hi3] = answer.c3.range;
+  paintMaps(el("c1"), answer.c1.values, answer.c1.shape, ranged(lo1, hi1));
+  paintMaps(el("c3"), answer.c3.values, answer.c3.shape, ranged(lo3, hi3));
+  legend(el("maps-legend"), "viridis", Math.min(lo1, lo3), Math.max(hi1, hi3),
+    `Each layer on its own scale: C1 ${lo1.toFixed(2)} to ${hi1.toFixed(2)}, C3 ${lo3.toFixed(2)} to ` +
+    `${hi3.toFixed(2)}; dark: low output, yellow: high.`);
+  paint(el("saliency"), answer.saliency, diverging(answer.saliency_scale), 28, 28);
+  legend(el("saliency-legend"), "diverging", answer.saliency_scale, 0,
+    "red: more ink here raises the answer's score; blue: lowers it. From lenet's own backward pass.");
+  stats.responses += 1;
+  document.body.dataset.responses = String(stats.responses);
+  rendered("forward", r, t0);
 }
 
-// -- test images and uploads ------------------------------------------------------------------------
+// -- test images and uploads --------------------------------------------------------------------------------
 
 function showOnPad(drawPicture) {
   clearPad();
@@ -253,30 +175,24 @@ function showOnPad(drawPicture) {
   padShowsPicture = true;
 }
 
-document.getElementById("random").addEventListener("click", () => {
-  fetch("/api/test-image")
-    .then((response) => response.json().then((body) => ({ ok: response.ok, body })))
-    .then(({ ok, body }) => {
-      if (!ok) throw new Error(body.error);
+function showTestImage(query, action) {
+  return api(`/api/test-image${query}`)
+    .then(({ body }) => {
       const small = document.createElement("canvas");
-      small.width = 28;
-      small.height = 28;
-      paint(small, body.pixels, (v) => {
-        const g = Math.round(255 * v);
-        return [g, g, g];
-      });
+      paint(small, body.pixels, grey, 28, 28);
       showOnPad(() => ctx.drawImage(small, 0, 0, pad.width, pad.height));
       sourceLine.textContent = `test image #${body.index} (true class: ${body.label_name})`;
       sourceLine.dataset.index = String(body.index);
-      submit(() => ({ pixels: body.pixels })); // as the data set holds it: no preprocessing
+      page.label = body.label;
+      startAction(action, ["forward", "backward", "im2col"]);
+      submit(() => ({ pixels: body.pixels }), true); // as the data set holds it: no preprocessing
     })
-    .catch((error) => {
-      statusLine.textContent = String(error.message || error);
-      statusLine.classList.add("error");
-    });
-});
+    .catch(showError);
+}
 
-document.getElementById("upload").addEventListener("change", (event) => {
+el("random").addEventListener("click", () => showTestImage("", "test-image"));
+
+el("upload").addEventListener("change", (event) => {
   const file = event.target.files[0];
   if (!file) return;
   const reader = new FileReader();
@@ -291,30 +207,41 @@ document.getElementById("upload").addEventListener("change", (event) => {
     };
     img.src = dataUrl;
     sourceLine.textContent = `uploaded: ${file.name}`;
-    submit(() => ({ image: dataUrl })); // the server decodes and preprocesses it (or says why not)
+    delete sourceLine.dataset.index;
+    page.label = null;
+    startAction("upload", ["forward", "backward", "im2col"]);
+    submit(() => ({ image: dataUrl }), true); // the server decodes and preprocesses it (or says why not)
   };
   reader.readAsDataURL(file);
   event.target.value = "";
 });
 
-document.getElementById("clear").addEventListener("click", () => {
+el("clear").addEventListener("click", () => {
   clearPad();
   sourceLine.textContent = "Draw with the mouse, a pen or a finger.";
-  submit(padRequest);
+  delete sourceLine.dataset.index;
+  page.label = null;
+  startAction("clear", ["forward", "backward", "im2col"]);
+  submit(padRequest, true);
 });
 
-// -- start ----------------------------------------------------------------------------------------
+// -- start: the first screen opens with a test image already through the network --------------------------------
 
 clearPad();
-fetch("/api/info")
-  .then((response) => response.json())
-  .then((info) => {
-    classNames = info.class_names;
-    makeBars();
+api("/api/info")
+  .then(({ body: info }) => {
+    page.info = info;
+    page.classNames = info.class_names;
+    backward.setClasses(info.class_names, info.activation);
     const acc = typeof info.val_acc === "number" ? info.val_acc.toFixed(4) : "?";
-    document.getElementById("meta").textContent =
+    el("meta").textContent =
       `checkpoint ${info.checkpoint} · ${info.dataset} · epoch ${info.epoch} · validation accuracy ${acc}`;
-    const about = document.getElementById("about");
+    el("about-data").textContent = info.about_data;
+    el("lr").max = String(info.max_lr);
+    el("im2col-batch").max = String(info.max_batch);
+    if (info.train_batch_size) el("im2col-batch-hint").textContent = `(this run trained with N = ${info.train_batch_size})`;
+    legend(el("input-legend"), "grey", 0, 1, "black: 0 (background), white: 1 (ink), as in the data set.");
+    const about = el("about");
     about.textContent = `lenet ${info.lenet_version}: LeNet-5 written from scratch in NumPy, every gradient by hand. `;
     if (info.project_url) {
       const link = document.createElement("a");
@@ -323,8 +250,10 @@ fetch("/api/info")
       about.appendChild(link);
     }
     document.body.dataset.ready = "1";
+    epochs.start();
+    if (info.test_images > 0) return showTestImage("?index=0", "first-screen");
+    startAction("first-screen", ["forward", "backward", "im2col"]);
+    submit(padRequest, true);
+    return null;
   })
-  .catch((error) => {
-    statusLine.textContent = `cannot reach the server: ${error.message || error}`;
-    statusLine.classList.add("error");
-  });
+  .catch((error) => showError(`cannot reach the server: ${error.message || error}`));
