@@ -34,6 +34,16 @@ def count(text):
     return int(text)
 
 
+def add_busy_option(parser):
+    """--busy N: the busy neighbours (busy_neighbours below) that a benchmark runs beside its timing."""
+    parser.add_argument(
+        "--busy",
+        type=count,
+        default=0,
+        help="busy neighbour processes (plain Python busy loops) running beside the timing (default %(default)s)",
+    )
+
+
 def positive_ints(text):
     """'32,256,1024' -> [32, 256, 1024]."""
     return [positive_int(part) for part in text.split(",")]

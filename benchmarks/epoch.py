@@ -25,9 +25,9 @@ from environment import exit_for_missing_package
 try:
     from common import (
         ArgumentParser,
+        add_busy_option,
         busy_line,
         busy_neighbours,
-        count,
         describe_machine,
         positive_int,
         positive_ints,
@@ -57,12 +57,7 @@ def parse_args(argv=None):
         help="comma-separated worker counts to time in turn, as train.py's --threads (default: train.py's default, "
         "one per core; e.g. 1,2 to set one worker against two)",
     )
-    p.add_argument(
-        "--busy",
-        type=count,
-        default=0,
-        help="busy neighbour processes (plain Python busy loops) running beside the timing (default %(default)s)",
-    )
+    add_busy_option(p)
     p.add_argument(
         "--repeats", type=positive_int, default=2, help="epochs and step timings, interleaved (default %(default)s)"
     )

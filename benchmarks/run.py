@@ -42,10 +42,10 @@ try:
     import numpy as np
     from common import (
         ArgumentParser,
+        add_busy_option,
         busy_line,
         busy_neighbours,
         core_count,
-        count,
         cpu_model,
         describe_machine,
         instruction_set,
@@ -123,12 +123,7 @@ def parse_args(argv):
     p.add_argument(
         "--threads", type=positive_int, default=core_count(), help="for every backend (default %(default)s: all cores)"
     )
-    p.add_argument(
-        "--busy",
-        type=count,
-        default=0,
-        help="busy neighbour processes (plain Python busy loops) running beside the timing (default %(default)s)",
-    )
+    add_busy_option(p)
     p.add_argument(
         "--repeats", type=positive_int, default=7, help="timed repetitions per backend (default %(default)s)"
     )

@@ -26,16 +26,11 @@ MAX_SESSIONS = 16  # private copies kept at once: about 1 MB each (weights, grad
 MAX_LR = 10.0
 
 
-def predicted_class(model, x):
-    """The class the model predicts for image x (28, 28)."""
-    return int(model.forward(model.xp.asarray(x, dtype=model.dtype)[None, None]).argmax())
-
-
 def backward_pass(model, x, target):
-    """One image through the model and back: x (28, 28) in [0, 1], target a class index.
+    """One image through the model and back: x (28, 28) in [0, 1], target a class index (None: the predicted one).
 
     Returns {"outputs": {layer: its output}, "output_grads": {layer: dL/d(its output)}, "input_grad": dL/dx or
-    None (a model without input_grad), "loss", "probabilities" (10,)}; host NumPy copies, batch axis kept.
+    None (a model without input_grad), "loss", "probabilities" (10,), "target"}; host NumPy copies, batch axis kept.
     Fills every parameter's .grad, as training's backward pass does.
     """
     xp = model.xp
@@ -45,6 +40,8 @@ def backward_pass(model, x, target):
     for name, layer in model.layers:
         a = layer.forward(a)
         outputs[name] = to_numpy(a).copy()
+    if target is None:
+        target = int(a.argmax())  # the predicted class, from this forward pass
     loss_fn = SoftmaxCrossEntropy()
     loss = loss_fn.forward(a, xp.asarray([target]))
     probabilities = to_numpy(loss_fn.probs)[0].copy()
@@ -59,6 +56,7 @@ def backward_pass(model, x, target):
         "input_grad": None if d is None else to_numpy(d).copy(),
         "loss": float(loss),
         "probabilities": probabilities,
+        "target": target,
     }
 
 
@@ -93,17 +91,20 @@ def backward_view(model, x, target, class_names, result=None, weights=True):
     result: backward_pass(model, x, target) if it has just been run (the model's .grad must still be its own).
     weights: whether to send the weights too (a page that has them already drawn asks without: half the bytes).
     """
-    if target is None:
-        target = predicted_class(model, x)
     if result is None:
         result = backward_pass(model, x, target)
+    target = result["target"]
     probs = result["probabilities"]
+    output_grads = result["output_grads"]
     layers = [
-        {"name": name, "kind": type(layer).__name__, "grad": pack(result["output_grads"][name][0])}
+        {
+            "name": name,
+            "kind": type(layer).__name__,
+            "grad": pack(output_grads[name][0]),
+            "scale": scale(output_grads[name]),
+        }
         for name, layer in reversed(model.layers)
     ]
-    for entry in layers:
-        entry["scale"] = scale(result["output_grads"][entry["name"]])
     params = {}
     for name in LEARNABLE:
         layer = getattr(model, name)
@@ -129,7 +130,7 @@ def backward_view(model, x, target, class_names, result=None, weights=True):
         "layers": layers,
         "input_grad": None if input_grad is None else {"grad": pack(input_grad[0, 0]), "scale": scale(input_grad)},
         "params": params,
-        "sizes": gradient_sizes(model, result["output_grads"]),
+        "sizes": gradient_sizes(model, output_grads),
     }
 
 
@@ -181,9 +182,8 @@ class PrivateWeights:
             model, _ = self.get(token)
         kept = [p.data.copy() for p in model.parameters()]
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught below, by value
-            if target is None:
-                target = predicted_class(model, x)
             before = backward_pass(model, x, target)  # fills .grad: the step's gradient
+            target = before["target"]
             SGD(model.parameters(), lr=lr).step()  # lenet's optimizer, momentum 0: p -= lr * grad
             after = backward_pass(model, x, target)
         finite = all(bool(model.xp.isfinite(p.data).all()) for p in model.parameters())

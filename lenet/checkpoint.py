@@ -69,6 +69,11 @@ def model_from_checkpoint(path, backend="numpy", dtype=None, **options):
 
     options go to LeNet5 (input_grad): how to compute, which a checkpoint does not fix."""
     state, meta, _ = load_checkpoint(path)
+    return model_from_state(state, meta, path, backend, dtype, **options)
+
+
+def model_from_state(state, meta, path, backend="numpy", dtype=None, **options):
+    """model_from_checkpoint for a checkpoint already read (load_checkpoint's state and meta; path for messages)."""
     arch = meta.get("architecture")
     if not isinstance(arch, dict):
         raise LenetError(f"checkpoint {path}: metadata has no architecture")

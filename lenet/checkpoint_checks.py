@@ -307,12 +307,19 @@ def is_int(value, low=None, high=None):
     )
 
 
-def is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def is_number(value, low=None, high=None):
+    """A finite int or float (not a bool) within [low, high]."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (low is None or value >= low)
+        and (high is None or value <= high)
+    )
 
 
 def is_fraction(value):
-    return is_number(value) and 0 <= value <= 1
+    return is_number(value, 0, 1)
 
 
 def _get(tree, dotted):

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-from .errors import LenetError
+from .errors import LenetError, one_line
 
 
 class Terminated(KeyboardInterrupt):
@@ -86,7 +86,7 @@ def run_main(main, prog):
         message = str(e)
     except OSError as e:  # an unwritable --out folder, a full disk, ...
         message = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
-    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
     return 2
 
 

@@ -90,8 +90,7 @@ class EpochView:
         model = self._model()
         model.load_state_dict(weights)
         image = self.test_images[index]
-        grads, logits = vis.saliency(model, image[None, None])  # d(predicted logit)/d(pixel)
-        outputs = vis.layer_outputs(model, image[None, None])
+        grads, logits, outputs = vis.saliency_and_outputs(model, image[None, None])  # d(predicted logit)/d(pixel)
         probs = vis.softmax(to_numpy(logits).astype(np.float64))[0]
         c1, c3 = outputs["act1"][0], outputs["act3"][0]
         entry = records["epochs"][epoch]

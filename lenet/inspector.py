@@ -15,7 +15,7 @@ import numpy as np
 
 from . import visualize as vis
 from .backend import to_numpy
-from .backprop_view import MAX_LR, PrivateWeights, backward_pass, backward_view, predicted_class
+from .backprop_view import MAX_LR, PrivateWeights, backward_pass, backward_view
 from .epoch_view import EpochView
 from .errors import LenetError
 from .im2col_view import CONV_INPUTS, im2col_view
@@ -159,8 +159,7 @@ class Inspector:
         model = self.model
         batch = x[None, None].astype(model.dtype)
         with self.lock:
-            grad, logits = vis.saliency(model, batch)  # forward, then backward of the predicted logit
-            outputs = vis.layer_outputs(model, batch)
+            grad, logits, outputs = vis.saliency_and_outputs(model, batch)  # backward of the predicted logit
         probs = vis.softmax(to_numpy(logits).astype(np.float64))[0]
         c1, c3 = outputs["act1"][0], outputs["act3"][0]
         predicted = int(probs.argmax())
@@ -229,10 +228,9 @@ class Inspector:
         batch = int_field(request, "batch", 1, MAX_BATCH, default=1)
         with self.lock:
             model, _ = self.private.get(token)
-            if target is None:
-                target = predicted_class(model, x)
-            view = im2col_view(model, layer, backward_pass(model, x, target), batch)
-        return {**view, "target": target, "session": token}
+            result = backward_pass(model, x, target)
+            view = im2col_view(model, layer, result, batch)
+        return {**view, "target": result["target"], "session": token}
 
     # -- the epoch slider ----------------------------------------------------------------------------------
     def epoch_status(self):

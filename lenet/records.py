@@ -22,11 +22,10 @@ LenetError of one line.
 """
 
 import json
-import math
 from pathlib import Path
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .checkpoint_checks import nested_deeper_than
+from .checkpoint import load_checkpoint, model_from_state
+from .checkpoint_checks import is_int, is_number, nested_deeper_than
 from .errors import LenetError, one_line, short
 from .model import ACTIVATIONS, NUM_CLASSES
 
@@ -82,8 +81,8 @@ def epoch_weights(run_dir, epoch):
 def epoch_model(run_dir, epoch, backend="numpy", **options):
     """(a LeNet5 with the weights of `epoch`, the epoch file's metadata); options go to LeNet5 (input_grad)."""
     path = _epoch_path(run_dir, epoch)
-    _load_epoch(run_dir, epoch, path)  # its epoch checked
-    return model_from_checkpoint(path, backend=backend, **options)
+    weights, meta = _load_epoch(run_dir, epoch, path)  # its epoch checked
+    return model_from_state(weights, meta, path, backend=backend, **options)
 
 
 def _epoch_path(run_dir, epoch):
@@ -156,20 +155,6 @@ def _parse_json(text, path):
 # -- the schema -----------------------------------------------------------------------------------------------
 
 
-def _is_int(value, low=0, high=None):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-
-
-def _is_number(value, low=None, high=None):
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (low is None or value >= low)
-        and (high is None or value <= high)
-    )
-
-
 def check_records(data, path="records.json"):
     """The records in `data` (records.json parsed), checked field by field: a new dict of the known fields.
 
@@ -187,7 +172,7 @@ def check_records(data, path="records.json"):
         return tree[key]
 
     version = field(data, "version", "")
-    if _is_int(version) and version != VERSION:
+    if is_int(version, 0) and version != VERSION:
         raise LenetError(f"{path}: epoch records of version {version}; this lenet reads version {VERSION}")
     if version != VERSION:
         refuse("version", str(VERSION), version)
@@ -207,7 +192,7 @@ def check_records(data, path="records.json"):
     probe = field(data, "probe", "")
     if field(probe, "split", "probe") != "validation":
         refuse("probe.split", "'validation'", probe["split"])
-    if not _is_int(field(probe, "count", "probe"), 1, MAX_PROBE_IMAGES):
+    if not is_int(field(probe, "count", "probe"), 1, MAX_PROBE_IMAGES):
         refuse("probe.count", f"a whole number from 1 to {MAX_PROBE_IMAGES}", probe["count"])
     epochs = field(data, "epochs", "")
     if not (isinstance(epochs, list) and 1 <= len(epochs) <= MAX_EPOCHS + 1):
@@ -224,7 +209,7 @@ def check_records(data, path="records.json"):
 
 def _check_epoch(record, i, field, refuse):
     where = f"epochs[{i}]"
-    if field(record, "epoch", where) != i or not _is_int(record["epoch"]):
+    if field(record, "epoch", where) != i or not is_int(record["epoch"], 0):
         refuse(f"{where}.epoch", f"{i} (the epochs from 0, in order)", record["epoch"])
     checked = {"epoch": i}
     for key in RESULTS:
@@ -233,7 +218,7 @@ def _check_epoch(record, i, field, refuse):
         if i == 0 and key.startswith("train_"):  # no training before the first step
             if value is not None:
                 refuse(f"{where}.{key}", "null (epoch 0 has no training)", value)
-        elif not _is_number(value, 0, 1 if fraction else None):
+        elif not is_number(value, 0, 1 if fraction else None):
             refuse(f"{where}.{key}", "a number from 0 to 1" if fraction else "a number >= 0", value)
         checked[key] = value
     confusion = field(record, "confusion", where)
@@ -241,7 +226,7 @@ def _check_epoch(record, i, field, refuse):
         isinstance(confusion, list)
         and len(confusion) == NUM_CLASSES
         and all(isinstance(row, list) and len(row) == NUM_CLASSES for row in confusion)
-        and all(_is_int(n) for row in confusion for n in row)
+        and all(is_int(n, 0) for row in confusion for n in row)
     ):
         refuse(f"{where}.confusion", f"{NUM_CLASSES} rows of {NUM_CLASSES} counts", confusion)
     checked["confusion"] = [list(row) for row in confusion]
@@ -253,7 +238,7 @@ def _check_epoch(record, i, field, refuse):
         for name in FIGURES:
             value = field(figures, name, f"{where}.layers.{layer}")
             bound = 1 if name == "saturated" else None
-            if value is not None and not _is_number(value, 0, bound):
+            if value is not None and not is_number(value, 0, bound):
                 wanted = "a share from 0 to 1" if bound else "a number >= 0"
                 refuse(f"{where}.layers.{layer}.{name}", f"{wanted}, or null", value)
             checked["layers"][layer][name] = value

@@ -115,6 +115,7 @@ def fit(config, runner=PlainRunner, log=print_now, given=None, warn=None):
     """
     out = Path(config.out)
     last_path = out / "last.npz"
+    warn = warn or _print_warning
     if config.resume:
         check_resumable(last_path)  # before the lock makes the folder
     else:
@@ -124,12 +125,12 @@ def fit(config, runner=PlainRunner, log=print_now, given=None, warn=None):
         if config.resume:
             config, resume_state, ignored = resume_from(config, last_path, given)
             if ignored:
-                (warn or _print_warning)(ignored_message(ignored))
+                warn(ignored_message(ignored))
             config.check()
         else:
             check_fresh_start(out, config.overwrite)
             resume_state = None
-        return _train(config, resume_state, runner, log, warn or _print_warning)
+        return _train(config, resume_state, runner, log, warn)
 
 
 def _train(config, resume_state, runner, log, warn):

@@ -206,6 +206,18 @@ def saliency(model, images, classes=None):
     return to_numpy(grad)[:, 0].copy(), logits
 
 
+def saliency_and_outputs(model, images):
+    """saliency's (gradients, logits) of the predicted classes and layer_outputs' {name: output}, from one forward
+    pass: the backward runs on the caches that layer_outputs' forward left."""
+    if not model.input_grad:
+        raise LenetError("saliency needs a model built with input_grad=True")
+    outputs = layer_outputs(model, images)
+    logits = outputs["f7"]  # a host copy: the backward does not touch it
+    dlogits = np.eye(logits.shape[1], dtype=logits.dtype)[logits.argmax(axis=1)]  # one-hot (N, 10)
+    grad = model.backward(model.xp.asarray(dlogits))  # (N, 1, 28, 28)
+    return to_numpy(grad)[:, 0].copy(), logits, outputs
+
+
 def most_confident_mistakes(probs, labels, count=16):
     """Indices of the wrongly classified images, the most confident first (at most `count`)."""
     predicted = probs.argmax(axis=1)

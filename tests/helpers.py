@@ -12,6 +12,7 @@ import pytest
 
 from lenet.data import IDX_TYPES, SPLIT_FILES, find_dataset
 from lenet.errors import LenetError
+from lenet.fast.processes import available as processes_available
 from lenet.model import LeNet5
 from lenet.records import epoch_weights, read_records, records_folder
 
@@ -31,6 +32,7 @@ def _fashion_mnist_missing():
 
 MISSING_DATA = _fashion_mnist_missing()  # the real data set, or why the tests that need it skip
 needs_data = pytest.mark.skipif(MISSING_DATA is not None, reason=MISSING_DATA or "")
+needs_processes = pytest.mark.skipif(not processes_available(), reason="worker processes need Linux (memfd_create)")
 
 
 def run_script(script, args, env):

@@ -1,15 +1,19 @@
 """The benchmark scripts run end to end on a tiny setting and write what they promise. No timing is asserted."""
 
+import contextlib
 import csv
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import needs_data
 
 from lenet.backend import cupy_available
 
@@ -238,13 +242,10 @@ def test_bad_flag_is_one_line_and_exit_2(argv):
     assert "error" in done.stderr and "Traceback" not in done.stderr
 
 
+@needs_data
 def test_epoch_benchmark_runs_on_a_slice_of_the_real_data():
-    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
-        pytest.skip("real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     args = ["--limit", "400", "--repeats", "2", "--step-seconds", "0.1"]  # two: the second fit reuses the folder
-    done = subprocess.run(
-        [sys.executable, "benchmarks/epoch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    done = bench("epoch.py", *args)
     assert done.returncode == 0, done.stderr
     assert "320 training images" in done.stdout
     ratio = [line for line in done.stdout.splitlines() if line.strip().startswith("ratio real / predicted")]
@@ -252,13 +253,10 @@ def test_epoch_benchmark_runs_on_a_slice_of_the_real_data():
     assert re.search(r"^busy +none", done.stdout, re.MULTILINE)
 
 
+@needs_data
 def test_epoch_benchmark_sets_worker_counts_side_by_side_under_busy_neighbours():
-    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
-        pytest.skip("real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     args = ["--limit", "200", "--repeats", "1", "--step-seconds", "0.1", "--threads", "1,2", "--busy", "1"]
-    done = subprocess.run(
-        [sys.executable, "benchmarks/epoch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    done = bench("epoch.py", *args)
     assert done.returncode == 0, done.stderr
     pids = neighbour_pids(done.stdout)
     assert len(pids) == 1 and not any(map(running, pids))
@@ -295,8 +293,6 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="re
 @needs_proc
 @pytest.mark.parametrize("ending", ["normally", "by Ctrl-C", "by an error"])
 def test_busy_neighbours_burn_cpu_within_and_are_gone_after(monkeypatch, ending):
-    import time
-
     common = benchmark_module("common", monkeypatch)
     stop = {"normally": None, "by Ctrl-C": KeyboardInterrupt, "by an error": RuntimeError}[ending]
     try:
@@ -314,11 +310,9 @@ def test_busy_neighbours_burn_cpu_within_and_are_gone_after(monkeypatch, ending)
     assert not any(map(running, pids))
 
 
+@needs_proc
 def test_busy_neighbours_end_by_themselves_when_their_benchmark_is_killed(tmp_path):
     """kill -9 leaves the benchmark no chance to stop them: each sees its parent gone and ends."""
-    import signal
-    import time
-
     script = (
         "import sys, time; sys.path.insert(0, 'benchmarks'); from common import busy_neighbours\n"
         "with busy_neighbours(1) as n:\n    print(n[0].pid, flush=True); time.sleep(60)\n"
@@ -338,19 +332,11 @@ def test_run_times_every_backend_with_the_neighbours_running_and_stops_them(monk
     run = benchmark_module("run", monkeypatch)
     real_measure, real_neighbours, seen = run.measure, run.busy_neighbours, []
 
+    @contextlib.contextmanager
     def started(n):
-        context = real_neighbours(n)
-        neighbours = context.__enter__()
-        seen.append(neighbours)
-
-        class Context:
-            def __enter__(self):
-                return neighbours
-
-            def __exit__(self, *exc):
-                return context.__exit__(*exc)
-
-        return Context()
+        with real_neighbours(n) as neighbours:
+            seen.append(neighbours)
+            yield neighbours
 
     def measure(steps, *args):
         assert seen and all(running(p.pid) for p in seen[0])  # every backend is timed beside the neighbours
@@ -367,9 +353,6 @@ def test_run_times_every_backend_with_the_neighbours_running_and_stops_them(monk
 
 @needs_proc
 def test_ctrl_c_stops_the_benchmark_and_its_neighbours_in_one_line():
-    import signal
-    import time
-
     argv = ["--busy", "1", "--backends", "numpy", "--batch-sizes", "8", "--repeats", "1000", "--min-time", "1"]
     command = [sys.executable, "benchmarks/run.py", *argv, "--out", os.devnull]
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as bench_run:

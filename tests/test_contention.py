@@ -12,14 +12,13 @@ import time
 
 import numpy as np
 import pytest
-from helpers import needs_data, run_script
+from helpers import needs_data, needs_processes, run_script
 
 from lenet import LeNet5
 from lenet.fast import DataParallel, fuse
 from lenet.fast import contention as contention_module
 from lenet.fast.contention import BUSY_CORES, QUIET_CORES, CpuWatch
 from lenet.fast.processes import SPIN_S
-from lenet.fast.processes import available as processes_available
 from lenet.optim import SGD
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
@@ -27,7 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_blas_thread")
 needs_proc = pytest.mark.skipif(
     not (os.path.exists("/proc/stat") and hasattr(os, "sched_getaffinity")), reason="reads /proc/stat (Linux)"
 )
-needs_processes = pytest.mark.skipif(not processes_available(), reason="worker processes need Linux (memfd_create)")
 TICK_S = contention_module._TICK_S
 
 

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from demo_helpers import (
     CANVAS_IS_NOT_BLANK,
     FASHION,
@@ -296,17 +295,8 @@ def test_epochs_written_while_the_page_is_open_appear_one_by_one(tmp_path):
         assert driver.find_element("id", "epoch-slider").get_attribute("max") == "3"
 
 
-def train_py_keeps_records():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT
-    )
-    return "--no-epoch-records" in result.stdout
-
-
 def test_a_train_py_run_appears_epoch_by_epoch(tmp_path):
     require_browser_and_data()
-    if not train_py_keeps_records():
-        pytest.skip("this train.py keeps no epoch records (issue 22's train.py side is on another branch)")
     checkpoint = tmp_path / "served" / "best_model.npz"
     save_checkpoint(checkpoint, LeNet5(seed=1), {"dataset": "fashion-mnist", "epoch": 1, "val_acc": 0.5})
     run = tmp_path / "run"

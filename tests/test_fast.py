@@ -143,10 +143,7 @@ def test_batch_last_linear_equals_linear_and_keeps_the_memory_order(xp, rng):
 
 
 # -- the fused twin: fuse(model) -----------------------------------------------------------------------------------
-ARCHS = [("sigmoid", "avg"), ("tanh", "avg"), ("relu", "max"), ("sigmoid", "max")]
-
-
-@pytest.mark.parametrize("arch", ARCHS, ids=str)
+@pytest.mark.parametrize("arch", STAGES, ids=str)
 def test_the_fused_twin_equals_the_model(xp, arch):
     """fuse(model) against the textbook model it wraps: logits, loss and every parameter gradient in float64, then
     the weights after several Adam steps (two models from one seed, so that each has its own gradients)."""
@@ -174,7 +171,7 @@ def test_the_fused_twin_equals_the_model(xp, arch):
         np.testing.assert_allclose(models["fused"].state_dict()[name], value, rtol=1e-10, atol=1e-13, err_msg=name)
 
 
-@pytest.mark.parametrize("arch", ARCHS[:3], ids=str)
+@pytest.mark.parametrize("arch", STAGES[:3], ids=str)
 def test_the_fused_twins_loss_passes_the_gradient_check(arch):
     """lenet.gradcheck.check_loss on the twin: 12 entries of every parameter, float64, distinct pixels (no ties)."""
     rng = np.random.default_rng(3)

@@ -11,11 +11,11 @@ import signal
 
 import numpy as np
 import pytest
+from helpers import needs_processes
 
 from lenet import LeNet5
 from lenet.backend import to_numpy
 from lenet.fast import DataParallel, fuse
-from lenet.fast.processes import available as processes_available
 from lenet.layers import SoftmaxCrossEntropy
 from lenet.optim import SGD
 
@@ -29,9 +29,6 @@ def quiet_machine(monkeypatch):
     import lenet.fast.parallel
 
     monkeypatch.setattr(lenet.fast.parallel, "CpuWatch", lambda pids: QuietMachine())
-
-
-needs_processes = pytest.mark.skipif(not processes_available(), reason="worker processes need Linux (memfd_create)")
 
 
 def serial_step(model, x, y, lr=0.1):

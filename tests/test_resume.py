@@ -2,10 +2,10 @@
 takes from the resuming command. Whole resumed runs, bit for bit against uninterrupted ones, are in test_train.py."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import needs_data
 
 from lenet.checkpoint import load_checkpoint, save_checkpoint
 from lenet.errors import LenetError
@@ -140,7 +140,7 @@ def test_the_resume_state_fit_saves_passes_through_a_checkpoint(tmp_path, optimi
     TrainConfig(**loaded_meta["train_config"]).check()
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST is not installed")
+@needs_data
 def test_the_last_checkpoint_of_a_real_run_passes_the_schema(tmp_path):
     config = TrainConfig(epochs=2, limit=64, batch_size=16, threads=1, progress=False, out=str(tmp_path))
     fit(config, log=lambda *args: None)

@@ -49,12 +49,7 @@ def fuse(model):
 
 def settings(model):
     """What rebuilds `model`'s network but its weights: fused_on's keyword arguments (what a worker process is sent)."""
-    return {
-        "activation": model.activation,
-        "pool": model.pool,
-        "dtype": model.dtype.name,
-        "input_grad": model.input_grad,
-    }
+    return {**model.config(), "dtype": model.dtype.name, "input_grad": model.input_grad}
 
 
 def fused_on(arrays, activation, pool, dtype, input_grad=False, backend="numpy"):

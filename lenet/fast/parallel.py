@@ -1,6 +1,6 @@
 """Data parallelism on the CPU: workers that each run part of a batch through the model's fused twin.
 
-What it must equal: trainer.train_step on the whole batch (forward, mean loss, backward, optimizer step), the same
+What it must equal: step.train_step on the whole batch (forward, mean loss, backward, optimizer step), the same
 numbers up to the rounding of adding the chunks' gradients (tests/test_parallel.py: 1e-12 in float64), and the same
 bits whatever the number of threads. `benchmarks/run.py` measures what it gains.
 

@@ -15,8 +15,8 @@ const ctx = pad.getContext("2d");
 const sourceLine = el("source");
 
 // What the panels share: the image the network sees (784 exact numbers from /api/predict), its true class when it
-// is a test image (else null), the class names and the server's description.
-const page = { pixels: null, label: null, classNames: [], info: null };
+// is a test image (else null), and the class names.
+const page = { pixels: null, label: null, classNames: [] };
 const backward = new Backward(page, () => im2col.refresh());
 const im2col = new Im2col(page, () => backward.target(), () => backward.session);
 const epochs = new Epochs(page);
@@ -230,9 +230,8 @@ el("clear").addEventListener("click", () => {
 clearPad();
 api("/api/info")
   .then(({ body: info }) => {
-    page.info = info;
     page.classNames = info.class_names;
-    backward.setClasses(info.class_names, info.activation);
+    backward.setClasses(info.class_names);
     const acc = typeof info.val_acc === "number" ? info.val_acc.toFixed(4) : "?";
     el("meta").textContent =
       `checkpoint ${info.checkpoint} · ${info.dataset} · epoch ${info.epoch} · validation accuracy ${acc}`;

@@ -67,8 +67,7 @@ export class Backward {
     el("sgd-reset").addEventListener("click", () => this.reset());
   }
 
-  setClasses(names, activation) {
-    this.activation = activation;
+  setClasses(names) {
     const select = el("target");
     select.textContent = "";
     const auto = document.createElement("option");
@@ -140,7 +139,6 @@ export class Backward {
       fill.style.width = `${(100 * p).toFixed(1)}%`;
       const after = answer.after.probabilities[k];
       row.querySelector(".bar-value").textContent = `${(100 * p).toFixed(1)} → ${(100 * after).toFixed(1)}%`;
-      row.classList.toggle("top", k === answer.target);
     });
     const loss = el("sgd-loss");
     loss.textContent = `step ${answer.steps} with lr ${answer.lr}: the loss for ${names[answer.target]} went from ` +

@@ -283,16 +283,6 @@ export function probabilityRows(container, names, probabilities, highlight, clas
   });
 }
 
-// Draw a small (h x w) source canvas scaled up, crisp, into `canvas` at `scale` pixels a value.
-export function blowUp(canvas, source, scale) {
-  canvas.width = source.width * scale;
-  canvas.height = source.height * scale;
-  const c = canvas.getContext("2d");
-  c.imageSmoothingEnabled = false;
-  c.drawImage(source, 0, 0, canvas.width, canvas.height);
-  return c;
-}
-
 export function el(id) {
   return document.getElementById(id);
 }

@@ -312,7 +312,6 @@ export class Im2col {
     const p = this.view.answer.padding;
     if (!p) return;
     const { hp, wp } = this.view;
-    g.fillStyle = "rgba(255, 170, 60, 0.35)";
     for (let y = 0; y < hp; y++) {
       for (let x = 0; x < wp; x++) {
         if (y < p || x < p || y >= hp - p || x >= wp - p) this.input.mark(g, 0, 0, y, x, "rgba(255, 170, 60, 0.35)");
