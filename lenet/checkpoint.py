@@ -16,6 +16,7 @@ anything that is not a lenet checkpoint is one LenetError.
 """
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,17 @@ def save_checkpoint(path, model, meta, optimizer_state=None, format=None):
     if checkpoint_format(path, format) == "safetensors":
         return _save_safetensors(path, arrays)
     with atomic_write(path) as f:
-        np.savez(f, **arrays)
+        _write_npz(f, arrays)
+
+
+def _write_npz(f, arrays):
+    """What np.savez writes (one stored .npy member per array, read back by np.load), with the zip closed by a
+    `with`: numpy 1.x's savez leaves it open when Ctrl-C or SIGTERM lands mid-write, and the orphan's __del__
+    then prints a traceback at exit, after the temporary file under it is gone."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def load_checkpoint(path):
