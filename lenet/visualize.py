@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from matplotlib.figure import Figure
 
-from .backend import get_array_module, to_numpy
+from .backend import to_numpy
 from .errors import LenetError
 from .plots import save_figure
 
@@ -194,28 +194,35 @@ def saliency(model, images, classes=None):
     `classes` (N,) picks the logit of each image (default: the predicted class). The model must have been
     built with input_grad=True, so that its first convolution computes the input gradient.
     """
-    if not model.input_grad:
-        raise LenetError("saliency needs a model built with input_grad=True")
+    _check_input_grad(model)
     x = _as_model_input(model, images)
     logits = model.forward(x)
-    xp = get_array_module(logits)
-    chosen = logits.argmax(axis=1) if classes is None else xp.asarray(classes)
-    dlogits = (xp.arange(logits.shape[1])[None, :] == chosen[:, None]).astype(logits.dtype)  # one-hot (N, 10)
-    logits = to_numpy(logits).copy()  # before backward: the next forward may reuse this memory
-    grad = model.backward(dlogits)  # (N, 1, 28, 28)
-    return to_numpy(grad)[:, 0].copy(), logits
+    chosen = logits.argmax(axis=1) if classes is None else classes
+    logits_host = to_numpy(logits).copy()  # before backward: the next forward may reuse this memory
+    return _pixel_gradients(model, logits, chosen), logits_host
 
 
 def saliency_and_outputs(model, images):
     """saliency's (gradients, logits) of the predicted classes and layer_outputs' {name: output}, from one forward
     pass: the backward runs on the caches that layer_outputs' forward left."""
-    if not model.input_grad:
-        raise LenetError("saliency needs a model built with input_grad=True")
+    _check_input_grad(model)
     outputs = layer_outputs(model, images)
     logits = outputs["f7"]  # a host copy: the backward does not touch it
-    dlogits = np.eye(logits.shape[1], dtype=logits.dtype)[logits.argmax(axis=1)]  # one-hot (N, 10)
-    grad = model.backward(model.xp.asarray(dlogits))  # (N, 1, 28, 28)
-    return to_numpy(grad)[:, 0].copy(), logits, outputs
+    return _pixel_gradients(model, logits, logits.argmax(axis=1)), logits, outputs
+
+
+def _check_input_grad(model):
+    if not model.input_grad:
+        raise LenetError("saliency needs a model built with input_grad=True")
+
+
+def _pixel_gradients(model, logits, chosen):
+    """The backward pass of a one-hot upstream gradient on the chosen logit of each image (chosen (N,), logits
+    (N, classes) of the forward pass whose caches it runs on): d(logit)/d(pixels) (N, 28, 28)."""
+    xp = model.xp
+    dlogits = (xp.arange(logits.shape[1])[None, :] == xp.asarray(chosen)[:, None]).astype(logits.dtype)  # one-hot
+    grad = model.backward(dlogits)  # (N, 1, 28, 28)
+    return to_numpy(grad)[:, 0].copy()
 
 
 def most_confident_mistakes(probs, labels, count=16):
